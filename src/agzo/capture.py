@@ -1,0 +1,198 @@
+"""Forward hooks that turn each linear layer's input into a small orthonormal basis.
+
+During the unperturbed forward pass every hooked linear layer sees its input H
+(tokens x d_in). Its weight gradient is Gᵀ H for some G, so every row of the gradient
+lies in the row space of H; the top-r right singular directions of H are where a probe
+is worth spending. Power iteration on HᵀH finds them with K products of H and Hᵀ and a
+thin QR, in float32. Only the d_in x r basis outlives the hook: H itself is released with
+the forward pass, so capturing costs no more memory than inference.
+
+Embedding tables are hooked too: their input is token ids, whose one-hot rows make the
+gradient non-zero only in the rows of the tokens that occurred.
+
+This module knows nothing about how the bases are used (see `agzo.directions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from agzo.params import TrainableTensor
+from agzo.seeding import STREAM_POWER_ITERATION, generator_for
+
+
+def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
+    if q.shape[1] == 1:
+        # For one column QR is a normalization; skipping LAPACK matters on small layers.
+        return q / q.norm().clamp_min(torch.finfo(q.dtype).tiny)
+    # Fix QR's sign freedom (positive diagonal of R) so the basis is reproducible.
+    basis, triangular = torch.linalg.qr(q)
+    signs = torch.sign(torch.diagonal(triangular))
+    return basis * torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+def power_iteration(
+    h: torch.Tensor, rank: int, steps: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis (d x r) of the top-r right singular subspace of `h` (n x d).
+
+    Starts from a Gaussian drawn from `generator` and repeats `Q = qr(Hᵀ(H Q))` `steps`
+    times. Returns the basis and the norms ‖H q_j‖ (singular-value estimates), which
+    let bases from several calls of the same layer be merged.
+    """
+    h = h.float()
+    d = h.shape[1]
+    rank = min(rank, d)
+    q = torch.randn(d, rank, generator=generator, dtype=torch.float32, device=h.device)
+    q = _orthonormalize(q)
+    for _ in range(steps):
+        product = h.T @ (h @ q)
+        if not torch.isfinite(product).all() or product.abs().max() == 0:
+            break  # all-zero input (or overflow): keep the current basis
+        q = _orthonormalize(product)
+    return q, (h @ q).norm(dim=0)
+
+
+def merge_bases(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-r subspace of H₁ᵀH₁ + H₂ᵀH₂ from each call's rank-r summary (basis, norms).
+
+    Exact when each call's activations have rank ≤ r; otherwise the best rank-r subspace
+    of the two rank-r approximations. Used when one layer runs more than once per
+    closure (micro-batches, weight sharing).
+    """
+    (q1, s1), (q2, s2) = first, second
+    stacked = torch.cat([q1 * s1, q2 * s2], dim=1)
+    u, s, _ = torch.linalg.svd(stacked, full_matrices=False)
+    rank = q1.shape[1]
+    return u[:, :rank], s[:rank]
+
+
+@dataclass
+class CapturedSubspaces:
+    """What one capturing forward pass learned, keyed by `TrainableTensor.index`."""
+
+    bases: dict[int, torch.Tensor]
+    token_rows: dict[int, torch.Tensor]
+
+
+class ActivationCapture:
+    """Context manager hooking the linear and embedding modules of `tensors`.
+
+    attention_mask: (batch, seq) with 1 on real tokens. When a layer's input has the
+    same leading shape, padding rows are dropped before the power iteration. If None,
+    the mask is taken from the `attention_mask` keyword of the call to `root` (a
+    transformers model), when there is one.
+    """
+
+    def __init__(
+        self,
+        tensors: Sequence[TrainableTensor],
+        rank: int,
+        power_steps: int,
+        seed: int,
+        root: nn.Module | None = None,
+        attention_mask: torch.Tensor | None = None,
+        capture_tokens: bool = True,
+    ) -> None:
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if power_steps < 0:
+            raise ValueError(f"power_steps must be >= 0, got {power_steps}")
+        self.tensors = list(tensors)
+        self.rank = rank
+        self.power_steps = power_steps
+        self.seed = seed
+        self.root = root
+        self.explicit_mask = attention_mask
+        self.capture_tokens = capture_tokens
+        self._seen_mask: torch.Tensor | None = None
+        self._summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._token_rows: dict[int, torch.Tensor] = {}
+        self._calls: dict[int, int] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- hooks -------------------------------------------------------------------------
+    def _mask(self) -> torch.Tensor | None:
+        return self.explicit_mask if self.explicit_mask is not None else self._seen_mask
+
+    def _real_rows(self, x: torch.Tensor, feature_dims: int) -> torch.Tensor:
+        """Flatten leading dims of `x` to rows, dropping rows the mask marks as padding."""
+        mask = self._mask()
+        lead = x.shape[: x.dim() - feature_dims]
+        if mask is not None and tuple(mask.shape) == tuple(lead):
+            return x[mask.to(device=x.device).bool()]
+        return x.reshape(-1, *x.shape[x.dim() - feature_dims :])
+
+    def _root_pre_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            self._seen_mask = mask
+
+    def _linear_hook(self, tensor: TrainableTensor) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            with torch.no_grad():
+                h = self._real_rows(args[0].detach(), feature_dims=1)
+                if h.shape[0] == 0:
+                    return
+                # A layer run twice in one pass starts its second iteration afresh.
+                call = self._calls.get(tensor.index, 0)
+                self._calls[tensor.index] = call + 1
+                gen = generator_for(h.device, self.seed, tensor.index, STREAM_POWER_ITERATION, call)
+                summary = power_iteration(h, self.rank, self.power_steps, gen)
+                previous = self._summaries.get(tensor.index)
+                if previous is not None:
+                    summary = merge_bases(previous, summary)
+                self._summaries[tensor.index] = summary
+
+        return hook
+
+    def _embedding_hook(self, tensor: TrainableTensor) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            ids = self._real_rows(args[0].detach(), feature_dims=0)
+            rows = torch.unique(ids.reshape(-1))
+            previous = self._token_rows.get(tensor.index)
+            if previous is not None:
+                rows = torch.unique(torch.cat([previous, rows.to(previous.device)]))
+            self._token_rows[tensor.index] = rows
+
+        return hook
+
+    # -- context manager ---------------------------------------------------------------
+    def __enter__(self) -> ActivationCapture:
+        if self.root is not None and self.explicit_mask is None:
+            self._handles.append(
+                self.root.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
+            )
+        for tensor in self.tensors:
+            for module in tensor.linear_modules:
+                self._handles.append(module.register_forward_pre_hook(self._linear_hook(tensor)))
+            if self.capture_tokens:
+                for module in tensor.embedding_modules:
+                    self._handles.append(
+                        module.register_forward_pre_hook(self._embedding_hook(tensor))
+                    )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._seen_mask = None
+
+    @property
+    def result(self) -> CapturedSubspaces:
+        return CapturedSubspaces(
+            bases={i: q for i, (q, _) in self._summaries.items()},
+            token_rows=dict(self._token_rows),
+        )

@@ -1,0 +1,89 @@
+"""Activation-guided probes (AGZO): perturb only where the gradient can be.
+
+For a linear weight the gradient's rows lie in the span of the layer's inputs, so
+Δ = R Aᵀ with A the captured top-r input basis (d_in x r, orthonormal) and
+R ~ N(0, I) (d_out x r): every row of Δ lies in span(A).
+
+Embedding tables (beyond the paper): the input is one-hot, so the gradient is non-zero
+only in the rows of the tokens the batch looked up. With `embedding_mode="activation"`
+the probe is Gaussian on those rows only; a table tied to the output head also gets the
+head's low-rank part R Aᵀ (A from the final hidden states), since its gradient is the sum
+of both. `embedding_mode="gaussian"` is the paper's fallback: a Gaussian over the whole
+table. Every other tensor (norms, biases) gets a Gaussian probe.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from agzo.directions.base import (
+    Direction,
+    LowRankDirection,
+    RowDirection,
+    SumDirection,
+    ZeroDirection,
+)
+from agzo.directions.gaussian import gaussian_direction
+from agzo.directions.low_rank import low_rank_dims
+from agzo.directions.sampler import DirectionSampler, ProbeContext
+from agzo.params import TrainableTensor
+from agzo.seeding import STREAM_PERTURBATION, generator_for
+
+EmbeddingMode = Literal["activation", "gaussian"]
+EMBEDDING_MODES: tuple[str, ...] = ("activation", "gaussian")
+
+
+class ActivationSampler(DirectionSampler):
+    needs_capture = True
+
+    def __init__(self, embedding_mode: EmbeddingMode = "activation") -> None:
+        if embedding_mode not in EMBEDDING_MODES:
+            raise ValueError(
+                f"embedding_mode must be one of {EMBEDDING_MODES}, got {embedding_mode!r}"
+            )
+        self.embedding_mode = embedding_mode
+
+    def _linear_part(
+        self, tensor: TrainableTensor, basis: torch.Tensor, ctx: ProbeContext
+    ) -> LowRankDirection:
+        d_out, _ = low_rank_dims(tensor)
+        gen = generator_for(
+            tensor.param.device, ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION
+        )
+        r = torch.randn(d_out, basis.shape[1], generator=gen, device=tensor.param.device)
+        return LowRankDirection(r, basis.to(tensor.param.device), transposed=tensor.transposed)
+
+    def _row_part(
+        self, tensor: TrainableTensor, rows: torch.Tensor, ctx: ProbeContext
+    ) -> RowDirection:
+        # A stream distinct from the linear part's, so a tied table's two parts are independent.
+        seed_parts = (ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION, 1)
+        return RowDirection(tensor.param.shape, rows, tensor.param.device, seed_parts)
+
+    def sample(self, tensor: TrainableTensor, ctx: ProbeContext) -> Direction:
+        if ctx.captured is None:
+            raise RuntimeError("ActivationSampler needs the subspaces of a captured forward pass")
+        basis = ctx.captured.bases.get(tensor.index)
+        rows = ctx.captured.token_rows.get(tensor.index)
+
+        if tensor.is_embedding:
+            if self.embedding_mode == "gaussian":
+                return gaussian_direction(tensor, ctx)
+            parts: list[Direction] = []
+            if basis is not None:
+                parts.append(self._linear_part(tensor, basis, ctx))
+            if rows is not None:
+                parts.append(self._row_part(tensor, rows, ctx))
+            if not parts:
+                return ZeroDirection(tensor.param.shape, tensor.param.device)
+            return parts[0] if len(parts) == 1 else SumDirection(parts)
+
+        if tensor.is_linear_weight:
+            if basis is None:
+                # The layer did not run in this forward pass: its gradient is exactly zero.
+                return ZeroDirection(tensor.param.shape, tensor.param.device)
+            return self._linear_part(tensor, basis, ctx)
+
+        return gaussian_direction(tensor, ctx)

@@ -1,0 +1,168 @@
+"""A probe direction Δ for one tensor, applied in place without materializing it.
+
+Zeroth-order methods add μΔ, evaluate, then subtract (μ + ηg)Δ. Storing a dense Δ per
+tensor would double the model's memory, so each direction keeps only what regenerates it:
+a seed for Gaussian noise, the small factors of a low-rank product, or the few rows an
+embedding lookup touched. `add_to` updates the weight in place; `dense` materializes Δ
+for the rare callers that need it (stateful update rules, gradient-alignment probes).
+
+Low-precision weights (bfloat16, float16) are updated through a float32 copy of one
+tensor at a time, so μΔ is formed in float32 and rounded once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from agzo.seeding import generator_for
+
+
+def _is_low_precision(tensor: torch.Tensor) -> bool:
+    return tensor.dtype in (torch.float16, torch.bfloat16)
+
+
+class Direction(ABC):
+    """Δ for one tensor of shape `shape`."""
+
+    shape: torch.Size
+
+    @abstractmethod
+    def add_to(self, param: torch.Tensor, alpha: float) -> None:
+        """param += alpha * Δ, in place."""
+
+    @abstractmethod
+    def dense(self) -> torch.Tensor:
+        """Δ as a float32 tensor of the parameter's shape."""
+
+
+class ZeroDirection(Direction):
+    """No probe: for a layer that did not take part in the forward pass (zero gradient)."""
+
+    def __init__(self, shape: torch.Size, device: torch.device) -> None:
+        self.shape = shape
+        self.device = device
+
+    def add_to(self, param: torch.Tensor, alpha: float) -> None:
+        return None
+
+    def dense(self) -> torch.Tensor:
+        return torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+
+
+class GaussianDirection(Direction):
+    """Δ = z ~ N(0, I), regenerated from `seed_parts` on every use (never stored)."""
+
+    def __init__(
+        self, shape: torch.Size, device: torch.device, seed_parts: Sequence[int]
+    ) -> None:
+        self.shape = shape
+        self.device = device
+        self.seed_parts = tuple(seed_parts)
+
+    def dense(self) -> torch.Tensor:
+        gen = generator_for(self.device, *self.seed_parts)
+        return torch.randn(self.shape, generator=gen, dtype=torch.float32, device=self.device)
+
+    def add_to(self, param: torch.Tensor, alpha: float) -> None:
+        z = self.dense()
+        if _is_low_precision(param):
+            param.copy_(param.float().add_(z, alpha=alpha))
+        else:
+            param.add_(z.to(param.dtype), alpha=alpha)
+
+
+class LowRankDirection(Direction):
+    """Δ = L Rᵀ with L (rows x r) and R (cols x r), both kept in float32.
+
+    `transposed=True` stores Δ as R Lᵀ, for transformers' Conv1D whose weight is
+    (d_in, d_out) while L stays the d_out-side factor.
+    """
+
+    def __init__(self, left: torch.Tensor, right: torch.Tensor, transposed: bool = False) -> None:
+        if left.dim() != 2 or right.dim() != 2 or left.shape[1] != right.shape[1]:
+            raise ValueError(
+                f"low-rank factors must be (m, r) and (n, r); got {tuple(left.shape)} "
+                f"and {tuple(right.shape)}"
+            )
+        self.left = left.float()
+        self.right = right.float()
+        self.transposed = transposed
+        rows, cols = (right.shape[0], left.shape[0]) if transposed else (left.shape[0], right.shape[0])
+        self.shape = torch.Size((rows, cols))
+
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.right, self.left) if self.transposed else (self.left, self.right)
+
+    def dense(self) -> torch.Tensor:
+        a, b = self._factors()
+        return a @ b.T
+
+    def add_to(self, param: torch.Tensor, alpha: float) -> None:
+        a, b = self._factors()
+        if _is_low_precision(param):
+            param.copy_(torch.addmm(param.float(), a, b.T, alpha=alpha))
+        elif a.shape[1] == 1:
+            # Rank one: an outer-product update reads and writes the weight once.
+            param.addr_(a[:, 0].to(param.dtype), b[:, 0].to(param.dtype), alpha=alpha)
+        else:
+            param.addmm_(a.to(param.dtype), b.T.to(param.dtype), alpha=alpha)
+
+
+class RowDirection(Direction):
+    """Gaussian noise on a few rows only (embedding rows of the tokens in the batch)."""
+
+    def __init__(
+        self,
+        shape: torch.Size,
+        rows: torch.Tensor,
+        device: torch.device,
+        seed_parts: Sequence[int],
+    ) -> None:
+        self.shape = shape
+        self.rows = rows.to(device=device, dtype=torch.long)
+        self.device = device
+        self.seed_parts = tuple(seed_parts)
+
+    def values(self) -> torch.Tensor:
+        gen = generator_for(self.device, *self.seed_parts)
+        size = (self.rows.numel(), *self.shape[1:])
+        return torch.randn(size, generator=gen, dtype=torch.float32, device=self.device)
+
+    def dense(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+        out.index_copy_(0, self.rows, self.values())
+        return out
+
+    def add_to(self, param: torch.Tensor, alpha: float) -> None:
+        values = self.values()
+        if _is_low_precision(param):
+            updated = param.index_select(0, self.rows).float().add_(values, alpha=alpha)
+            param.index_copy_(0, self.rows, updated.to(param.dtype))
+        else:
+            param.index_add_(0, self.rows, values.to(param.dtype), alpha=alpha)
+
+
+class SumDirection(Direction):
+    """Δ = Δ₁ + Δ₂ + …: a tied embedding/lm_head weight probed in both of its subspaces."""
+
+    def __init__(self, parts: Sequence[Direction]) -> None:
+        if not parts:
+            raise ValueError("SumDirection needs at least one part")
+        shapes = {tuple(p.shape) for p in parts}
+        if len(shapes) != 1:
+            raise ValueError(f"parts of a SumDirection must share one shape, got {shapes}")
+        self.parts = list(parts)
+        self.shape = parts[0].shape
+
+    def dense(self) -> torch.Tensor:
+        total = self.parts[0].dense()
+        for part in self.parts[1:]:
+            total += part.dense()
+        return total
+
+    def add_to(self, param: torch.Tensor, alpha: float) -> None:
+        for part in self.parts:
+            part.add_to(param, alpha)

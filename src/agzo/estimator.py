@@ -1,0 +1,138 @@
+"""Perturb, evaluate, difference: the measurement shared by every zeroth-order method.
+
+A `Probe` holds one direction per trainable tensor. Shifting the weights along it is
+done tensor by tensor in place; if anything interrupts a shift (an exception, Ctrl-C)
+the tensors already moved are moved back, so the model is never left half perturbed.
+The estimators return where the weights sit after measuring (`offset`, in units of Δ),
+so the update rule can restore and step in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from agzo.directions.base import Direction
+from agzo.params import TrainableTensor
+
+Closure = Callable[[], "torch.Tensor | float"]
+
+
+class NonFiniteLossError(ArithmeticError):
+    """The closure returned NaN or infinity; the step was skipped, weights restored."""
+
+
+class PrecisionWarning(UserWarning):
+    """The perturbation μΔ is too small to change weights stored in a low-precision dtype."""
+
+
+def loss_value(output: torch.Tensor | float) -> float:
+    """The closure's loss as a Python float; a clear error for anything that is not scalar."""
+    if isinstance(output, torch.Tensor):
+        if output.numel() != 1:
+            raise ValueError(
+                f"the closure must return a scalar loss, got a tensor of shape {tuple(output.shape)}"
+            )
+        return float(output.detach().float().item())
+    if isinstance(output, (int, float)):
+        return float(output)
+    raise TypeError(f"the closure must return a scalar tensor or a float, got {type(output)!r}")
+
+
+def evaluate(closure: Closure) -> float:
+    value = loss_value(closure())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"the closure returned a non-finite loss ({value})")
+    return value
+
+
+@dataclass
+class Probe:
+    """One direction per trainable tensor, applied to all of them together."""
+
+    tensors: Sequence[TrainableTensor]
+    directions: Sequence[Direction]
+
+    def shift(self, alpha: float) -> None:
+        """W += alpha * Δ for every tensor; undone for all tensors if interrupted."""
+        moved = 0
+        try:
+            for tensor, direction in zip(self.tensors, self.directions):
+                direction.add_to(tensor.param.data, alpha)
+                moved += 1
+        except BaseException:
+            for tensor, direction in zip(self.tensors[:moved], self.directions[:moved]):
+                direction.add_to(tensor.param.data, -alpha)
+            raise
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Projected gradient `g` ≈ ∇f·Δ; the weights now sit at W₀ + offset·Δ."""
+
+    g: float
+    offset: float
+    loss: float  # the loss to report for this step
+    f_plus: float
+    f_minus: float | None = None
+
+
+def _measure_shifted(closure: Closure, probe: Probe, alpha: float, back: float) -> float:
+    """Shift by `alpha`, evaluate; on any failure shift by `back` (undo everything) first."""
+    probe.shift(alpha)
+    try:
+        return evaluate(closure)
+    except BaseException:
+        probe.shift(back)
+        raise
+
+
+def one_sided(closure: Closure, probe: Probe, eps: float, f0: float) -> Estimate:
+    """g = (f(W + μΔ) − f(W)) / μ, reusing the unperturbed loss f0."""
+    f_plus = _measure_shifted(closure, probe, eps, -eps)
+    return Estimate(g=(f_plus - f0) / eps, offset=eps, loss=f0, f_plus=f_plus)
+
+
+def two_sided(closure: Closure, probe: Probe, eps: float) -> Estimate:
+    """g = (f(W + μΔ) − f(W − μΔ)) / 2μ (SPSA)."""
+    f_plus = _measure_shifted(closure, probe, eps, -eps)
+    f_minus = _measure_shifted(closure, probe, -2 * eps, eps)
+    return Estimate(
+        g=(f_plus - f_minus) / (2 * eps),
+        offset=-eps,
+        loss=0.5 * (f_plus + f_minus),
+        f_plus=f_plus,
+        f_minus=f_minus,
+    )
+
+
+def vanishing_fraction(param: torch.Tensor, direction: Direction, eps: float) -> float:
+    """Share of the entries probed by Δ that W + μΔ leaves unchanged in W's dtype."""
+    delta = direction.dense()
+    probed = delta != 0
+    if not probed.any():
+        return 0.0
+    shifted = (param.float() + eps * delta).to(param.dtype)
+    unchanged = (shifted == param) & probed
+    return float(unchanged.sum()) / float(probed.sum())
+
+
+def check_precision(probe: Probe, eps: float, threshold: float = 0.5) -> None:
+    """Warn when μΔ rounds away in most probed entries of a low-precision weight."""
+    for tensor, direction in zip(probe.tensors, probe.directions):
+        if tensor.param.dtype not in (torch.float16, torch.bfloat16):
+            continue
+        fraction = vanishing_fraction(tensor.param.data, direction, eps)
+        if fraction > threshold:
+            warnings.warn(
+                f"{tensor.name}: the perturbation eps*Δ leaves {fraction:.0%} of its "
+                f"{tensor.param.dtype} entries unchanged, so the difference of losses "
+                "mostly measures rounding. Raise eps or keep float32 master weights "
+                "(load the model in float32).",
+                PrecisionWarning,
+                stacklevel=3,
+            )
