@@ -41,14 +41,18 @@ def power_iteration(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis (d x r) of the top-r right singular subspace of `h` (n x d).
 
+    Computed in float32, or float64 when `h` is float64.
+
     Starts from a Gaussian drawn from `generator` and repeats `Q = qr(Hᵀ(H Q))` `steps`
     times. Returns the basis and the norms ‖H q_j‖ (singular-value estimates), which
     let bases from several calls of the same layer be merged.
     """
-    h = h.float()
+    # float32 at least (bf16 products lose the subspace); float64 inputs stay float64.
+    h = h.to(torch.promote_types(h.dtype, torch.float32))
     d = h.shape[1]
     rank = min(rank, d)
     q = torch.randn(d, rank, generator=generator, dtype=torch.float32, device=h.device)
+    q = q.to(h.dtype)
     q = _orthonormalize(q)
     for _ in range(steps):
         product = h.T @ (h @ q)

@@ -34,10 +34,9 @@ def loss_value(output: torch.Tensor | float) -> float:
     """The closure's loss as a Python float; a clear error for anything that is not scalar."""
     if isinstance(output, torch.Tensor):
         if output.numel() != 1:
-            raise ValueError(
-                f"the closure must return a scalar loss, got a tensor of shape {tuple(output.shape)}"
-            )
-        return float(output.detach().float().item())
+            shape = tuple(output.shape)
+            raise ValueError(f"the closure must return a scalar loss, got shape {shape}")
+        return float(output.detach().item())
     if isinstance(output, (int, float)):
         return float(output)
     raise TypeError(f"the closure must return a scalar tensor or a float, got {type(output)!r}")

@@ -28,8 +28,8 @@ from agzo.estimator import (
     Closure,
     Estimate,
     NonFiniteLossError,
-    Probe,
     PrecisionWarning,
+    Probe,
     check_precision,
     evaluate,
     one_sided,
@@ -230,9 +230,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         return torch.tensor(estimate.loss)
 
     def _warn_if_vanished(self, estimate: Estimate, f0: float | None) -> None:
-        unchanged = (
-            estimate.f_plus == estimate.f_minus if f0 is None else estimate.f_plus == f0
-        )
+        unchanged = estimate.f_plus == estimate.f_minus if f0 is None else estimate.f_plus == f0
         if unchanged:
             warnings.warn(
                 f"the perturbed loss equals the unperturbed one exactly (eps={self.eps}): "
@@ -346,9 +344,7 @@ class MeZO(ZerothOrderOptimizer):
         two_sided: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            params, GaussianSampler(), lr=lr, eps=eps, two_sided=two_sided, **kwargs
-        )
+        super().__init__(params, GaussianSampler(), lr=lr, eps=eps, two_sided=two_sided, **kwargs)
 
 
 class LOZO(ZerothOrderOptimizer):
@@ -374,7 +370,8 @@ class LOZO(ZerothOrderOptimizer):
     ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if momentum and not isinstance(kwargs.get("update", SGD()), SGD):
+        update = kwargs.get("update", "sgd")
+        if momentum and not (update == "sgd" or isinstance(update, SGD)):
             raise ValueError("LOZO-M (momentum > 0) applies its own update; leave update='sgd'")
         self.momentum = momentum
         self.low_rank = LowRankSampler(rank, refresh_every)

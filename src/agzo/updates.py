@@ -105,9 +105,7 @@ class Adam(UpdateRule):
 
     name = "adam"
 
-    def __init__(
-        self, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8
-    ) -> None:
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8) -> None:
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"Adam betas must be in [0, 1), got {betas}")
         self.betas = betas

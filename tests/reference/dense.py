@@ -1,0 +1,209 @@
+"""Slow, dense, obviously correct versions of each estimator's step.
+
+Each function materializes every perturbation Δ as a full tensor, keeps a copy of the
+original weights, and writes the update as the formula reads. They share only the seed
+contract with the library (which generator draws which numbers), documented here:
+
+- Gaussian probe of tensor i:        generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
+- AGZO left factor R of tensor i:    same generator, shape (d_out, r)
+- AGZO embedding rows of tensor i:   generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION, 1)
+- power-iteration start of tensor i: generator_for(dev, step_seed, i, STREAM_POWER_ITERATION, 0)
+- LOZO U of tensor i:                generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
+- LOZO V of tensor i:   generator_for(dev, seed, step // nu, i, STREAM_LOW_RANK_V)
+- step_seed = derive_seed(seed, step)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from agzo.seeding import (
+    STREAM_LOW_RANK_V,
+    STREAM_PERTURBATION,
+    STREAM_POWER_ITERATION,
+    derive_seed,
+    generator_for,
+)
+
+Loss = Callable[[], torch.Tensor]
+
+
+def _linear_kind(model: nn.Module, param: nn.Parameter) -> tuple[list[nn.Module], bool, bool]:
+    """(linear modules using param, is Conv1D, is an embedding table)."""
+    from transformers.pytorch_utils import Conv1D
+
+    linears, conv, embedding = [], False, False
+    for module in model.modules():
+        if getattr(module, "weight", None) is not param:
+            continue
+        if isinstance(module, nn.Linear):
+            linears.append(module)
+        elif isinstance(module, Conv1D):
+            linears.append(module)
+            conv = True
+        elif isinstance(module, nn.Embedding):
+            embedding = True
+    return linears, conv, embedding
+
+
+def record_inputs(model: nn.Module, modules: list[nn.Module], loss: Loss):
+    """Run `loss` once, returning its value and every listed module's full input."""
+    inputs: dict[int, list[torch.Tensor]] = {id(m): [] for m in modules}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args: inputs[id(mod)].append(args[0].detach()))
+        for m in modules
+    ]
+    try:
+        with torch.no_grad():
+            value = float(loss())
+    finally:
+        for h in handles:
+            h.remove()
+    return value, inputs
+
+
+def plain_power_iteration(h: torch.Tensor, rank: int, steps: int, gen: torch.Generator):
+    """Gram-Schmidt power iteration, written out: columns orthonormal, R's diagonal > 0."""
+    h = h.to(torch.promote_types(h.dtype, torch.float32))
+    q = torch.randn(h.shape[1], rank, generator=gen).to(h.dtype)
+    q = gram_schmidt(q)
+    for _ in range(steps):
+        q = gram_schmidt(h.T @ (h @ q))
+    return q
+
+
+def gram_schmidt(x: torch.Tensor) -> torch.Tensor:
+    cols = []
+    for j in range(x.shape[1]):
+        v = x[:, j].clone()
+        for c in cols:
+            v -= (c @ v) * c
+        cols.append(v / v.norm())
+    return torch.stack(cols, dim=1)
+
+
+def agzo_step(
+    model: nn.Module,
+    named_params: list[tuple[str, nn.Parameter]],
+    loss: Loss,
+    *,
+    lr: float,
+    eps: float,
+    seed: int,
+    step: int,
+    rank: int = 1,
+    power_steps: int = 3,
+    embedding_mode: str = "activation",
+    row_mask: torch.Tensor | None = None,
+) -> float:
+    """One AGZO step (one-sided, SGD), dense. Returns f0."""
+    step_seed = derive_seed(seed, step)
+    kinds = [_linear_kind(model, p) for _, p in named_params]
+    all_linears = [m for linears, _, _ in kinds for m in linears]
+    embeddings = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) and any(m.weight is p for _, p in named_params)
+    ]
+    f0, inputs = record_inputs(model, all_linears + embeddings, loss)
+
+    deltas = []
+    for i, ((_, param), (linears, conv, is_embedding)) in enumerate(zip(named_params, kinds)):
+        dev = param.device
+        if is_embedding and embedding_mode == "gaussian" or not (linears or is_embedding):
+            gen = generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
+            deltas.append(torch.randn(param.shape, generator=gen))
+            continue
+        delta = torch.zeros(param.shape, dtype=torch.float64)
+        if linears:
+            h = torch.cat([x.reshape(-1, x.shape[-1]) for m in linears for x in inputs[id(m)]])
+            if row_mask is not None and h.shape[0] == row_mask.numel():
+                h = h[row_mask.reshape(-1).bool()]
+            gen = generator_for(dev, step_seed, i, STREAM_POWER_ITERATION, 0)
+            basis = plain_power_iteration(h, rank, power_steps, gen)
+            d_out = param.shape[1] if conv else param.shape[0]
+            gen = generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
+            r = torch.randn(d_out, basis.shape[1], generator=gen).double()
+            outer = r @ basis.double().T
+            delta += outer.T if conv else outer
+        if is_embedding:
+            table = next(m for m in embeddings if m.weight is param)
+            ids = torch.cat([x.reshape(-1) for x in inputs[id(table)]])
+            if row_mask is not None and ids.numel() == row_mask.numel():
+                ids = ids[row_mask.reshape(-1).bool()]
+            rows = torch.unique(ids)
+            gen = generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION, 1)
+            delta[rows] += torch.randn(len(rows), param.shape[1], generator=gen)
+        deltas.append(delta)
+    return _one_sided_sgd(named_params, deltas, loss, lr, eps, f0)
+
+
+def _one_sided_sgd(named_params, deltas, loss: Loss, lr: float, eps: float, f0: float) -> float:
+    originals = [p.detach().clone() for _, p in named_params]
+    with torch.no_grad():
+        for (_, p), w, d in zip(named_params, originals, deltas):
+            p.copy_(w + eps * d)
+        f_plus = float(loss())
+        g = (f_plus - f0) / eps
+        for (_, p), w, d in zip(named_params, originals, deltas):
+            p.copy_(w - lr * g * d)
+    return f0
+
+
+def _two_sided_sgd(named_params, deltas, loss: Loss, lr: float, eps: float) -> float:
+    originals = [p.detach().clone() for _, p in named_params]
+    with torch.no_grad():
+        for (_, p), w, d in zip(named_params, originals, deltas):
+            p.copy_(w + eps * d)
+        f_plus = float(loss())
+        for (_, p), w, d in zip(named_params, originals, deltas):
+            p.copy_(w - eps * d)
+        f_minus = float(loss())
+        g = (f_plus - f_minus) / (2 * eps)
+        for (_, p), w, d in zip(named_params, originals, deltas):
+            p.copy_(w - lr * g * d)
+    return 0.5 * (f_plus + f_minus)
+
+
+def mezo_step(named_params, loss: Loss, *, lr: float, eps: float, seed: int, step: int) -> float:
+    """One two-sided MeZO step, dense."""
+    step_seed = derive_seed(seed, step)
+    deltas = [
+        torch.randn(
+            p.shape, generator=generator_for(p.device, step_seed, 0, i, STREAM_PERTURBATION)
+        )
+        for i, (_, p) in enumerate(named_params)
+    ]
+    return _two_sided_sgd(named_params, deltas, loss, lr, eps)
+
+
+def lozo_deltas(
+    model: nn.Module, named_params, *, seed: int, step: int, rank: int, refresh_every: int
+) -> list[torch.Tensor]:
+    """LOZO's Δ per tensor: U Vᵀ for matrices (Conv1D transposed), Gaussian otherwise."""
+    step_seed = derive_seed(seed, step)
+    deltas = []
+    for i, (_, p) in enumerate(named_params):
+        gen = generator_for(p.device, step_seed, 0, i, STREAM_PERTURBATION)
+        if p.dim() != 2:
+            deltas.append(torch.randn(p.shape, generator=gen))
+            continue
+        _, conv, _ = _linear_kind(model, p)
+        d_out, d_in = (p.shape[1], p.shape[0]) if conv else tuple(p.shape)
+        u = torch.randn(d_out, rank, generator=gen)
+        vgen = generator_for(p.device, seed, step // refresh_every, i, STREAM_LOW_RANK_V)
+        v = torch.randn(d_in, rank, generator=vgen)
+        outer = u.double() @ v.double().T
+        deltas.append(outer.T if conv else outer)
+    return deltas
+
+
+def lozo_step(model, named_params, loss: Loss, *, lr, eps, seed, step, rank, refresh_every):
+    """One two-sided LOZO step, dense."""
+    deltas = lozo_deltas(
+        model, named_params, seed=seed, step=step, rank=rank, refresh_every=refresh_every
+    )
+    return _two_sided_sgd(named_params, deltas, loss, lr, eps)

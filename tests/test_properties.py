@@ -1,0 +1,364 @@
+"""Properties every zeroth-order step must have, whatever the model."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import agzo
+from agzo.capture import ActivationCapture, power_iteration
+from agzo.directions import ProbeContext
+from agzo.seeding import derive_seed
+from tests.tiny import batch, loss_fn, tiny_model
+
+OPTIMIZERS = {
+    "agzo": lambda m, **kw: agzo.AGZO(m, lr=1e-2, eps=1e-3, rank=2, **kw),
+    "mezo": lambda m, **kw: agzo.MeZO(m, lr=1e-3, eps=1e-3, **kw),
+    "lozo": lambda m, **kw: agzo.LOZO(m, lr=1e-3, eps=1e-3, refresh_every=2, **kw),
+    "lozo-m": lambda m, **kw: agzo.LOZO(m, lr=1e-3, eps=1e-3, refresh_every=2, momentum=0.9, **kw),
+}
+
+
+def _setup(arch: str = "llama", dtype: torch.dtype = torch.float32, pad: int = 2):
+    model = tiny_model(arch).to(dtype)
+    ids, mask, labels = batch(arch, pad=pad)
+    return model, loss_fn(model, arch, ids, mask, labels)
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_zero_learning_rate_step_restores_the_weights(name: str, arch: str) -> None:
+    model, closure = _setup(arch)
+    before = _weights(model)
+    opt = OPTIMIZERS[name](model)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    for _ in range(3):
+        opt.step(closure)
+    for p, w in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_update_uses_exactly_the_measured_perturbation(name: str) -> None:
+    """W₁ − W₀ must equal −ηg·Δ with Δ read off the weights the closure saw.
+
+    LOZO's public code draws a fresh U for the update on refresh steps; with
+    refresh_every=2 over six steps such a mismatch fails here.
+    """
+    if name == "lozo-m":
+        pytest.skip("momentum updates along the accumulated buffer, not the current probe")
+    model, loss = _setup("llama", torch.float64)
+    opt = OPTIMIZERS[name](model)
+    seen: list[tuple[float, list[torch.Tensor]]] = []
+
+    def closure():
+        value = loss()
+        seen.append((float(value), _weights(model)))
+        return value
+
+    for _ in range(6):
+        seen.clear()
+        start = _weights(model)
+        opt.step(closure)
+        lr, eps = opt.param_groups[0]["lr"], opt.eps
+        if opt.two_sided:
+            (f_plus, w_plus), (f_minus, w_minus) = seen
+            deltas = [(a - b) / (2 * eps) for a, b in zip(w_plus, w_minus)]
+            g = (f_plus - f_minus) / (2 * eps)
+        else:
+            (f0, w0), (f_plus, w_plus) = seen
+            deltas = [(a - b) / eps for a, b in zip(w_plus, w0)]
+            g = (f_plus - f0) / eps
+        assert g != 0
+        for p, w, d in zip(model.parameters(), start, deltas):
+            torch.testing.assert_close(p.detach(), w - lr * g * d, rtol=1e-6, atol=1e-9)
+
+
+def _captured(model, closure, tensors, rank=2, steps=3, mask=None):
+    capture = ActivationCapture(tensors, rank, steps, seed=11, root=model, attention_mask=mask)
+    with torch.no_grad(), capture:
+        closure()
+    return capture.result
+
+
+def test_agzo_probe_lies_in_the_captured_subspace() -> None:
+    model, closure = _setup("qwen3")
+    opt = agzo.AGZO(model, lr=1e-2, eps=1e-3, rank=2)
+    captured = _captured(model, closure, opt.tensors)
+    probe = opt.probe(ProbeContext(0, derive_seed(0, 0), 0, captured=captured))
+    checked = 0
+    for tensor, direction in zip(probe.tensors, probe.directions):
+        if not tensor.is_linear_weight or tensor.is_embedding:
+            continue
+        basis = captured.bases[tensor.index]
+        delta = direction.dense()
+        rows = delta.T if tensor.transposed else delta
+        outside = rows - rows @ basis @ basis.T
+        assert outside.norm() <= 1e-5 * rows.norm()
+        assert torch.linalg.matrix_rank(rows) == 2
+        checked += 1
+    assert checked == 2 * 7 + 1  # q,k,v,o,gate,up,down per layer, plus lm_head
+
+
+def test_embedding_probe_touches_only_rows_of_batch_tokens() -> None:
+    model, closure = _setup("qwen3", pad=0)
+    ids, _, _ = batch("qwen3", pad=0)
+    opt = agzo.AGZO(model, lr=1e-2, eps=1e-3)
+    captured = _captured(model, closure, opt.tensors)
+    probe = opt.probe(ProbeContext(0, 1, 0, captured=captured))
+    table = next(i for i, t in enumerate(probe.tensors) if t.is_embedding)
+    delta = probe.directions[table].dense()
+    touched = set((delta.abs().sum(1) > 0).nonzero().flatten().tolist())
+    assert touched == set(ids.unique().tolist())
+
+
+def _spectrum_with_gap(top, n=200, d=24, rest=1.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(n, d, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    s = torch.full((d,), rest)
+    s[: len(top)] = torch.tensor(top)
+    return u @ torch.diag(s) @ v.T
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_power_iteration_matches_svd_when_the_spectrum_has_a_gap(rank: int) -> None:
+    h = _spectrum_with_gap(top=(10.0, 9.0)[:rank])  # gap after the r-th singular value
+    basis, norms = power_iteration(h, rank, steps=3, generator=torch.Generator().manual_seed(3))
+    _, s, vh = torch.linalg.svd(h)
+    top = vh[:rank].T
+    # principal angles: singular values of topᵀ basis are cosines
+    cosines = torch.linalg.svdvals(top.T @ basis)
+    assert cosines.min() > 0.999
+    torch.testing.assert_close(basis.T @ basis, torch.eye(rank), atol=1e-5, rtol=0)
+    torch.testing.assert_close(norms.sort(descending=True).values, s[:rank], rtol=1e-3, atol=0)
+
+
+def test_padding_rows_do_not_change_the_basis() -> None:
+    layer = nn.Linear(16, 8)
+    tensors = agzo.params.describe_tensors([("weight", layer.weight)], layer)
+    real = torch.randn(2, 5, 16)
+    padded = torch.cat([torch.randn(2, 3, 16) * 100, real], dim=1)  # left padding, garbage
+    mask = torch.cat([torch.zeros(2, 3), torch.ones(2, 5)], dim=1)
+
+    def basis_of(x, m):
+        capture = ActivationCapture(tensors, 2, 3, seed=5, attention_mask=m)
+        with torch.no_grad(), capture:
+            layer(x)
+        return capture.result.bases[0]
+
+    torch.testing.assert_close(basis_of(padded, mask), basis_of(real, None))
+    assert not torch.allclose(basis_of(padded, None), basis_of(real, None), atol=1e-3)
+
+
+def test_mask_is_read_from_the_model_call() -> None:
+    model, closure = _setup("llama", pad=3)
+    ids, mask, _ = batch("llama", pad=3)
+    opt = agzo.AGZO(model, lr=1e-2, eps=1e-3)
+    auto = _captured(model, closure, opt.tensors)
+    explicit = _captured(model, closure, opt.tensors, mask=mask)
+    for index, basis in explicit.bases.items():
+        torch.testing.assert_close(auto.bases[index], basis)
+
+
+def _expected_cosine(model, closure, make_opt, draws: int) -> float:
+    loss = closure()
+    grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+    true = torch.cat([g.reshape(-1) for g in grads])
+    cosines = []
+    for seed in range(draws):
+        opt = make_opt(model, seed)
+        captured = None
+        if opt.sampler.needs_capture:
+            captured = _captured(model, closure, opt.tensors, rank=1, steps=3)
+        probe = opt.probe(ProbeContext(0, derive_seed(seed, 0), seed, captured=captured))
+        delta = torch.cat([d.dense().reshape(-1) for d in probe.directions])
+        estimate = (true @ delta) * delta  # the μ→0 limit of g·Δ
+        cosines.append(float(torch.nn.functional.cosine_similarity(estimate, true, dim=0)))
+    return sum(cosines) / len(cosines)
+
+
+def test_agzo_aligns_better_with_the_gradient_than_mezo() -> None:
+    model, closure = _setup("qwen3")
+    agzo_cos = _expected_cosine(model, closure, lambda m, s: agzo.AGZO(m, seed=s), 30)
+    mezo_cos = _expected_cosine(model, closure, lambda m, s: agzo.MeZO(m, seed=s), 30)
+    assert agzo_cos > 2 * mezo_cos > 0
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("update", ["sgd", "adam"])
+def test_state_dict_round_trip_gives_the_identical_next_step(name: str, update: str) -> None:
+    if name == "lozo-m" and update == "adam":
+        pytest.skip("LOZO-M has its own momentum update")
+    model, closure = _setup("llama")
+    opt = OPTIMIZERS[name](model, update=update, seed=4)
+    for _ in range(3):
+        opt.step(closure)
+    saved_model, saved_state = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    opt.step(closure)
+    expected = _weights(model)
+
+    twin, twin_closure = _setup("llama")
+    twin.load_state_dict(saved_model)
+    twin_opt = OPTIMIZERS[name](twin, update=update, seed=999)  # seed comes from the state
+    twin_opt.load_state_dict(saved_state)
+    twin_opt.step(twin_closure)
+    for p, w in zip(twin.parameters(), expected):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=0)
+
+
+def test_load_state_dict_rejects_another_method() -> None:
+    model, _ = _setup("llama")
+    state = agzo.MeZO(model).state_dict()
+    with pytest.raises(ValueError, match="saved by MeZO"):
+        agzo.AGZO(model).load_state_dict(state)
+
+
+@pytest.mark.parametrize("bad_at", [0, 1])
+def test_non_finite_loss_skips_the_step_and_restores(bad_at: int) -> None:
+    model, loss = _setup("llama")
+    opt = agzo.AGZO(model, lr=1e-2, eps=1e-3)
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        value = loss()
+        return value * float("nan") if calls["n"] == bad_at + 1 else value
+
+    before = _weights(model)
+    with pytest.warns(agzo.SkippedStepWarning, match="non-finite"):
+        assert opt.step(closure) is None
+    assert opt.skipped_steps == 1 and opt.step_count == 1
+    for p, w in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["agzo", "mezo"])
+def test_exception_in_closure_restores_and_propagates(name: str) -> None:
+    model, loss = _setup("llama")
+    opt = OPTIMIZERS[name](model)
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return loss()
+
+    before = _weights(model)
+    with pytest.raises(RuntimeError, match="simulated") as info:
+        opt.step(closure)
+    assert any("restored" in note for note in getattr(info.value, "__notes__", []))
+    for p, w in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
+
+
+def test_interrupted_perturbation_is_rolled_back() -> None:
+    model, _ = _setup("llama")
+    opt = agzo.MeZO(model)
+    probe = opt.probe(ProbeContext(0, 1, 0))
+
+    class Boom(Exception):
+        pass
+
+    original = probe.directions[3].add_to
+
+    def failing(param, alpha):
+        raise Boom
+
+    probe.directions[3].add_to = failing  # type: ignore[method-assign]
+    before = _weights(model)
+    with pytest.raises(Boom):
+        probe.shift(1e-2)
+    probe.directions[3].add_to = original  # type: ignore[method-assign]
+    for p, w in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_no_gradient_is_allocated(name: str) -> None:
+    model, closure = _setup("gpt2")
+    opt = OPTIMIZERS[name](model)
+    opt.step(closure)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_tied_weights_are_perturbed_once_and_frozen_ones_never() -> None:
+    model, closure = _setup("llama")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    frozen = model.model.layers[0].mlp.down_proj.weight
+    frozen.requires_grad_(False)
+    before = frozen.detach().clone()
+    opt = agzo.AGZO(model, lr=1e-2, eps=1e-3)
+    names = [t.name for t in opt.tensors]
+    assert names.count("model.embed_tokens.weight") == 1 and "lm_head.weight" not in names
+    assert "model.layers.0.mlp.down_proj.weight" not in names
+    tied = next(t for t in opt.tensors if t.name == "model.embed_tokens.weight")
+    assert tied.is_embedding and tied.is_linear_weight
+    for _ in range(2):
+        opt.step(closure)
+    assert torch.equal(frozen, before)
+
+
+def test_include_and_exclude_patterns() -> None:
+    model, closure = _setup("llama")
+    opt = agzo.AGZO(model, include=["*proj.weight"], exclude=["o_proj"])
+    names = {t.name for t in opt.tensors}
+    assert names and all(n.endswith("proj.weight") and "o_proj" not in n for n in names)
+    embed = model.model.embed_tokens.weight.detach().clone()
+    opt.step(closure)
+    assert torch.equal(model.model.embed_tokens.weight, embed)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        agzo.AGZO(model, include=["does-not-exist"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_train_and_warn_when_eps_vanishes(dtype: torch.dtype) -> None:
+    model, closure = _setup("llama", dtype)
+    before = _weights(model)
+    opt = agzo.AGZO(model, lr=1e-2, eps=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", agzo.PrecisionWarning)
+        opt.step(closure)
+    assert any(not torch.equal(p, w) for p, w in zip(model.parameters(), before))
+    assert all(p.dtype == dtype for p in model.parameters())
+
+    tiny_eps = agzo.AGZO(model, lr=1e-2, eps=1e-7)
+    with pytest.warns(agzo.PrecisionWarning, match="eps"):
+        tiny_eps.step(closure)
+
+
+def test_bad_arguments_are_rejected() -> None:
+    model, _ = _setup("llama")
+    with pytest.raises(ValueError, match="eps"):
+        agzo.AGZO(model, eps=0)
+    with pytest.raises(ValueError, match="rank"):
+        agzo.AGZO(model, rank=0)
+    with pytest.raises(ValueError, match="embedding_mode"):
+        agzo.AGZO(model, embedding_mode="sparse")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pass the model"):
+        agzo.AGZO(list(model.parameters()))
+    with pytest.raises(ValueError, match="closure"):
+        agzo.MeZO(model).step()
+    with pytest.raises(ValueError, match="scalar"):
+        agzo.MeZO(model).step(lambda: torch.ones(3))
+
+
+def test_dropout_in_training_mode_warns() -> None:
+    model, closure = _setup("gpt2")
+    model.config.resid_pdrop = 0.1
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.1
+    model.train()
+    with pytest.warns(UserWarning, match="dropout"):
+        agzo.MeZO(model).step(closure)
