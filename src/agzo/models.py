@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -213,7 +213,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 def _strip_quantizer(model: PreTrainedModel) -> None:
     """Drop GGUF bookkeeping from a model whose weights are already dense."""
     if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+        cast(Any, model).hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 
@@ -250,7 +250,7 @@ def load_model(
             ) from error
         raise ModelLoadError(f"could not load {os.fspath(spec)!r}: {error}") from error
     _strip_quantizer(model)
-    model.to(device)
+    cast(Any, model).to(device)  # (transformers' typing of `to` confuses mypy)
     model.eval()
     return model, prepare_tokenizer(tokenizer)
 
