@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
 from agzo.params import TrainableTensor
 from agzo.seeding import STREAM_POWER_ITERATION, generator_for
@@ -143,7 +144,7 @@ class ActivationCapture:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not args or not isinstance(args[0], torch.Tensor):
                 return
-            with torch.no_grad():
+            with torch.no_grad(), record_function("agzo.capture"):
                 h = self._real_rows(args[0].detach(), feature_dims=1)
                 if h.shape[0] == 0:
                     return

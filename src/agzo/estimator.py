@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.profiler import record_function
 
 from agzo.directions.base import Direction
 from agzo.params import TrainableTensor
@@ -43,7 +44,8 @@ def loss_value(output: torch.Tensor | float) -> float:
 
 
 def evaluate(closure: Closure) -> float:
-    value = loss_value(closure())
+    with record_function("agzo.forward"):
+        value = loss_value(closure())
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the closure returned a non-finite loss ({value})")
     return value
@@ -60,9 +62,10 @@ class Probe:
         """W += alpha * Δ for every tensor; undone for all tensors if interrupted."""
         moved = 0
         try:
-            for tensor, direction in zip(self.tensors, self.directions):
-                direction.add_to(tensor.param.data, alpha)
-                moved += 1
+            with record_function("agzo.perturb"):
+                for tensor, direction in zip(self.tensors, self.directions):
+                    direction.add_to(tensor.param.data, alpha)
+                    moved += 1
         except BaseException:
             for tensor, direction in zip(self.tensors[:moved], self.directions[:moved]):
                 direction.add_to(tensor.param.data, -alpha)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
 from agzo.capture import ActivationCapture, CapturedSubspaces
 from agzo.directions import ActivationSampler, GaussianSampler, LowRankSampler
@@ -159,7 +160,8 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
 
     def probe(self, context: ProbeContext) -> Probe:
         """This step's directions for every trainable tensor (regenerable from the seed)."""
-        directions = [self.sampler.sample(t, context) for t in self.tensors]
+        with record_function("agzo.sample"):
+            directions = [self.sampler.sample(t, context) for t in self.tensors]
         return Probe(self.tensors, directions)
 
     def _check_dropout(self) -> None:
@@ -241,8 +243,9 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
             )
 
     def _apply(self, probe: Probe, estimate: Estimate) -> None:
-        for tensor, direction, group in zip(probe.tensors, probe.directions, self._groups):
-            self._update_tensor(tensor, direction, estimate, group)
+        with record_function("agzo.update"):
+            for tensor, direction, group in zip(probe.tensors, probe.directions, self._groups):
+                self._update_tensor(tensor, direction, estimate, group)
 
     def _update_tensor(
         self,

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.profiler import record_function
 
 from agzo.seeding import generator_for
 
@@ -61,8 +62,9 @@ class GaussianDirection(Direction):
         self.seed_parts = tuple(seed_parts)
 
     def dense(self) -> torch.Tensor:
-        gen = generator_for(self.device, *self.seed_parts)
-        return torch.randn(self.shape, generator=gen, dtype=torch.float32, device=self.device)
+        with record_function("agzo.rng"):
+            gen = generator_for(self.device, *self.seed_parts)
+            return torch.randn(self.shape, generator=gen, dtype=torch.float32, device=self.device)
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         z = self.dense()
@@ -129,9 +131,10 @@ class RowDirection(Direction):
         self.seed_parts = tuple(seed_parts)
 
     def values(self) -> torch.Tensor:
-        gen = generator_for(self.device, *self.seed_parts)
-        size = (self.rows.numel(), *self.shape[1:])
-        return torch.randn(size, generator=gen, dtype=torch.float32, device=self.device)
+        with record_function("agzo.rng"):
+            gen = generator_for(self.device, *self.seed_parts)
+            size = (self.rows.numel(), *self.shape[1:])
+            return torch.randn(size, generator=gen, dtype=torch.float32, device=self.device)
 
     def dense(self) -> torch.Tensor:
         out = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
