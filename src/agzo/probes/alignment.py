@@ -149,3 +149,24 @@ def captured_fraction(grad: torch.Tensor, basis: torch.Tensor, transposed: bool)
     projected = (rows @ basis) @ basis.T
     norm = float(rows.norm())
     return float(projected.norm()) / norm if norm > 0 else 0.0
+
+
+def plot_alignment(results: Sequence[AlignmentResult], path: str) -> None:
+    """Bar chart of each estimator's expected cosine with its 95% interval (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(results) + 1), 3.5))
+    names = [r.name for r in results]
+    means = [r.cosine.mean for r in results]
+    errors = [r.cosine.ci95 for r in results]
+    ax.bar(names, means, yerr=errors, capsize=3, color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_ylabel("E[cos(g·Δ, ∇)]")
+    ax.tick_params(axis="x", rotation=45)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,190 @@
+"""`agzo probe alignment | memory | speed`: the instruments behind docs/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agzo.probes.estimators import estimator_variants
+
+DEFAULT_ESTIMATORS = "mezo,lozo,agzo,agzo-r4,agzo-r16,agzo-k1,agzo-k5,agzo-embed-gaussian"
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_probe_parser(subparsers: Any) -> None:
+    probe = subparsers.add_parser("probe", help="measure gradient alignment, memory or speed")
+    kinds = probe.add_subparsers(dest="probe", required=True)
+
+    align = kinds.add_parser(
+        "alignment", help="cosine between each estimator's g·Δ and the backprop gradient"
+    )
+    align.add_argument("--model", default="smollm2-135m")
+    align.add_argument("--task", default="sst2")
+    align.add_argument("--data-dir", default=None)
+    align.add_argument("--batch-size", type=int, default=16)
+    align.add_argument("--draws", type=int, default=30)
+    align.add_argument("--estimators", default=DEFAULT_ESTIMATORS, help="comma-separated names")
+    align.add_argument("--include", action="append", default=None, help="parameter pattern")
+    align.add_argument("--exclude", action="append", default=None, help="parameter pattern")
+    align.add_argument("--seed", type=int, default=0, help="which training batch to probe")
+    align.add_argument("--output", default="probe-alignment", help="output directory")
+
+    memory = kinds.add_parser("memory", help="peak memory per method, one fresh process each")
+    memory.add_argument("--shape", default="smollm2-135m")
+    memory.add_argument("--batch", type=_ints, default=[16], help="comma-separated sizes")
+    memory.add_argument("--seq", type=_ints, default=[64, 256, 1024], help="comma-separated")
+    memory.add_argument("--configs", default="inference,fo-adamw,mezo,lozo,agzo")
+    memory.add_argument("--dtype", default="float32")
+    memory.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    memory.add_argument("--output", default="probe-memory")
+
+    speed = kinds.add_parser("speed", help="step time over two plain forwards, and its parts")
+    speed.add_argument("--shape", default="smollm2-135m")
+    speed.add_argument("--batch", type=int, default=16)
+    speed.add_argument("--seq", type=int, default=32)
+    speed.add_argument("--methods", default="agzo,mezo,lozo,fo-adamw")
+    speed.add_argument("--rounds", type=int, default=5)
+    speed.add_argument("--dtype", default="float32")
+    speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    speed.add_argument("--output", default="probe-speed")
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.probe == "alignment":
+        return _alignment(args, out)
+    if args.probe == "memory":
+        return _memory(args, out)
+    return _speed(args, out)
+
+
+def _alignment(args: argparse.Namespace, out: Path) -> int:
+    from agzo.models import load_model
+    from agzo.probes.alignment import measure_alignment, plot_alignment, true_gradient
+    from agzo.tasks import load_splits
+    from agzo.train.objective import CandidateScorer
+
+    variants = estimator_variants(args.include, args.exclude)
+    names = _csv(args.estimators)
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise ValueError(f"unknown estimator(s) {unknown}; choose from {sorted(variants)}")
+    model, tokenizer = load_model(args.model)
+    splits = load_splits(
+        args.task, args.data_dir, seed=args.seed, n_train=args.batch_size, n_dev=1, n_test=1
+    )
+    scorer = CandidateScorer(model, tokenizer)
+    batch = scorer.batch(splits.train[: args.batch_size])
+
+    def closure() -> torch.Tensor:
+        return scorer.loss(batch)
+
+    started = time.time()
+    gradient = true_gradient(model, closure)
+
+    def progress(name: str, draw: int) -> None:
+        if draw + 1 == args.draws:
+            print(f"  {name}: {args.draws} draws ({time.time() - started:.0f}s)", file=sys.stderr)
+
+    results = measure_alignment(
+        model,
+        closure,
+        {n: variants[n] for n in names},
+        draws=args.draws,
+        attention_mask=batch.attention_mask,
+        gradient=gradient,
+        progress=progress,
+    )
+    payload = {
+        "model": args.model,
+        "task": args.task,
+        "batch_size": args.batch_size,
+        "draws": args.draws,
+        "include": args.include,
+        "exclude": args.exclude,
+        "results": [r.to_dict() for r in results],
+    }
+    (out / "alignment.json").write_text(json.dumps(payload, indent=2))
+    plot_alignment(results, str(out / "alignment.png"))
+    mezo = next((r.cosine.mean for r in results if r.name == "mezo"), None)
+    print(f"{'estimator':<22}{'cosine':>11}{'± 95%':>11}{'/ MeZO':>9}")
+    for r in results:
+        ratio = f"{r.cosine.mean / mezo:>9.1f}" if mezo else ""
+        print(f"{r.name:<22}{r.cosine.mean:>11.6f}{r.cosine.ci95:>11.6f}{ratio}")
+    print(f"wrote {out / 'alignment.json'} and {out / 'alignment.png'}")
+    return 0
+
+
+def _memory(args: argparse.Namespace, out: Path) -> int:
+    from agzo.probes.memory import format_memory, measure_memory, plot_memory
+
+    rows = measure_memory(
+        args.shape,
+        args.batch,
+        args.seq,
+        tuple(_csv(args.configs)),
+        args.dtype,
+        args.device,
+        on_row=lambda r: print(
+            f"  {r.config} batch {r.batch} seq {r.seq}: {r.peak_bytes / 2**20:.0f} MiB",
+            file=sys.stderr,
+        ),
+    )
+    (out / "memory.json").write_text(
+        json.dumps(
+            {"shape": args.shape, "device": args.device, "rows": [vars(r) for r in rows]}, indent=2
+        )
+    )
+    plot_memory(rows, str(out / "memory.png"))
+    print(format_memory(rows))
+    print(f"wrote {out / 'memory.json'} and {out / 'memory.png'}")
+    return 0
+
+
+def _speed(args: argparse.Namespace, out: Path) -> int:
+    from agzo.probes.shapes import build_shape, last_token_loss, random_batch
+    from agzo.probes.speed import format_speed, measure_speed
+
+    model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
+    closure = last_token_loss(model, *random_batch(model, args.batch, args.seq, args.device))
+
+    def on_round(index: int, timings: dict[str, float]) -> None:
+        shown = ", ".join(f"{k} {v:.3f}s" for k, v in timings.items())
+        print(f"  round {index}{' (warm-up)' if index == 0 else ''}: {shown}", file=sys.stderr)
+
+    report = measure_speed(
+        model, closure, tuple(_csv(args.methods)), args.rounds, on_round=on_round
+    )
+    payload = {
+        "shape": args.shape,
+        "batch": args.batch,
+        "seq": args.seq,
+        "dtype": args.dtype,
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        **report.to_dict(),
+    }
+    (out / "speed.json").write_text(json.dumps(payload, indent=2))
+    print(f"{args.shape} {args.dtype}, batch {args.batch} x {args.seq} tokens, {args.device}")
+    print(format_speed(report))
+    print(f"wrote {out / 'speed.json'}")
+    return 0

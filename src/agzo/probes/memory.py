@@ -1,0 +1,165 @@
+"""Peak memory of inference and of each optimizer's training step, one fresh process each.
+
+Each configuration (method x sequence length x batch size) runs in its own Python process,
+so no allocator cache or earlier peak leaks between them. The peak counts from just after
+the model is built (building a random model peaks above what training needs): on a GPU
+`torch.cuda.max_memory_allocated`, on CPU the kernel's resident high-water mark (VmHWM,
+reset through /proc/self/clear_refs). The table reports each peak and its ratio to
+inference on the same batch.
+
+    python -m agzo.probes.memory --worker agzo --shape smollm2-135m --batch 16 --seq 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from agzo.probes.shapes import build_shape, last_token_loss, random_batch
+from agzo.probes.speed import make_step
+
+CONFIGS = ("inference", "fo-adamw", "mezo", "lozo", "agzo")
+
+
+def reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass  # not Linux, or not permitted: the peak then includes model construction
+
+
+def peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_worker(config: str, shape: str, batch: int, seq: int, dtype: str, device: str) -> int:
+    """Run one configuration in this process; returns its peak memory in bytes."""
+    model = build_shape(shape, getattr(torch, dtype), device)
+    ids, mask, targets = random_batch(model, batch, seq, device)
+    closure = last_token_loss(model, ids, mask, targets)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
+    if config == "inference":
+        with torch.no_grad():
+            for _ in range(2):
+                closure()
+    else:
+        step = make_step(config, model, closure)
+        for _ in range(2):
+            step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated())
+    return peak_rss()
+
+
+@dataclass
+class MemoryRow:
+    config: str
+    batch: int
+    seq: int
+    peak_bytes: int
+    ratio_to_inference: float
+
+
+def measure_memory(
+    shape: str,
+    batches: list[int],
+    seqs: list[int],
+    configs: tuple[str, ...] = CONFIGS,
+    dtype: str = "float32",
+    device: str = "cpu",
+    on_row: object = None,
+) -> list[MemoryRow]:
+    rows = []
+    for batch in batches:
+        for seq in seqs:
+            peaks = {}
+            for config in ("inference", *[c for c in configs if c != "inference"]):
+                cmd = [
+                    sys.executable, "-m", "agzo.probes.memory", "--worker", config,
+                    "--shape", shape, "--batch", str(batch), "--seq", str(seq),
+                    "--dtype", dtype, "--device", device,
+                ]  # fmt: skip
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(
+                        f"memory worker {config} (batch {batch}, seq {seq}) failed:\n"
+                        + done.stderr[-2000:]
+                    )
+                peaks[config] = json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
+                row = MemoryRow(
+                    config, batch, seq, peaks[config], peaks[config] / peaks["inference"]
+                )
+                rows.append(row)
+                if callable(on_row):
+                    on_row(row)
+    return rows
+
+
+def format_memory(rows: list[MemoryRow]) -> str:
+    lines = [f"{'config':<10}{'batch':>6}{'seq':>6}{'peak MiB':>10}{'/ inference':>13}"]
+    for r in rows:
+        lines.append(
+            f"{r.config:<10}{r.batch:>6}{r.seq:>6}{r.peak_bytes / 2**20:>10.0f}"
+            f"{r.ratio_to_inference:>13.3f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_memory(rows: list[MemoryRow], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for config in dict.fromkeys(r.config for r in rows):
+        mine = [r for r in rows if r.config == config]
+        ax.plot(
+            [f"{r.batch}x{r.seq}" for r in mine],
+            [r.peak_bytes / 2**20 for r in mine],
+            marker="o",
+            label=config,
+        )
+    ax.set_xlabel("batch x sequence length")
+    ax.set_ylabel("peak memory (MiB)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _worker_main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", required=True, choices=CONFIGS)
+    parser.add_argument("--shape", required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--seq", type=int, required=True)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    peak = run_worker(args.worker, args.shape, args.batch, args.seq, args.dtype, args.device)
+    print(json.dumps({"peak_bytes": peak}))
+
+
+if __name__ == "__main__":
+    _worker_main()

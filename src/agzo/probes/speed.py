@@ -1,0 +1,151 @@
+"""Per-step wall time of each optimizer over two plain forward passes, and where it goes.
+
+All methods run on the same model and batch in one process, interleaved round by round,
+so that machine noise hits them alike; the figure reported is each method's median step
+time divided by the median time of two no-grad forward passes (the least any
+two-evaluation method can cost). A separate profiled round splits a step into the
+library's own labelled regions (forward passes, activation capture, perturbation,
+update, random-number generation), which the optimizers mark with `record_function`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import agzo
+
+ZO_METHODS = ("agzo", "mezo", "lozo")
+ALL_METHODS = (*ZO_METHODS, "fo-adamw")
+REGIONS = (
+    "agzo.forward",
+    "agzo.capture",
+    "agzo.sample",
+    "agzo.perturb",
+    "agzo.update",
+    "agzo.rng",
+)
+
+Step = Callable[[], object]
+
+
+def make_step(method: str, model: nn.Module, closure: Callable[[], torch.Tensor]) -> Step:
+    """One training step of `method` on the closure's batch (tiny lr: cost, not progress)."""
+    if method == "fo-adamw":
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-12)
+
+        def first_order() -> None:
+            opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                closure().backward()
+            opt.step()
+
+        return first_order
+    zo: agzo.ZerothOrderOptimizer
+    if method == "agzo":
+        zo = agzo.AGZO(model, lr=1e-12, eps=1e-3)
+    elif method == "mezo":
+        zo = agzo.MeZO(model, lr=1e-12, eps=1e-3)
+    elif method == "lozo":
+        zo = agzo.LOZO(model, lr=1e-12, eps=1e-3)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {ALL_METHODS}")
+    return lambda: zo.step(closure)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class SpeedReport:
+    two_forwards_s: float
+    step_s: dict[str, float]
+    breakdown_s: dict[str, dict[str, float]] = field(default_factory=dict)
+    rounds: int = 0
+
+    def ratios(self) -> dict[str, float]:
+        return {m: t / self.two_forwards_s for m, t in self.step_s.items()}
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "two_forwards_s": self.two_forwards_s,
+            "step_s": self.step_s,
+            "step_over_two_forwards": self.ratios(),
+            "breakdown_s": self.breakdown_s,
+            "rounds": self.rounds,
+        }
+
+
+def _profile_regions(step: Step) -> dict[str, float]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    totals = {region: 0.0 for region in REGIONS}
+    for event in prof.key_averages():
+        if event.key in totals:
+            totals[event.key] = event.cpu_time_total / 1e6
+    return totals
+
+
+def measure_speed(
+    model: nn.Module,
+    closure: Callable[[], torch.Tensor],
+    methods: tuple[str, ...] = ZO_METHODS,
+    rounds: int = 5,
+    breakdown: bool = True,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
+) -> SpeedReport:
+    """Median step time of each method and of two plain forwards, interleaved per round."""
+    device = next(model.parameters()).device
+
+    def two_forwards() -> None:
+        with torch.no_grad():
+            closure()
+            closure()
+
+    runs: dict[str, Step] = {"two_forwards": two_forwards}
+    runs |= {m: make_step(m, model, closure) for m in methods}
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(rounds + 1):
+        timings = {}
+        for name, fn in runs.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            timings[name] = time.perf_counter() - start
+            if round_index > 0:  # round 0 warms caches, allocators and lazy inits
+                samples[name].append(timings[name])
+        if on_round is not None:
+            on_round(round_index, timings)
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    report = SpeedReport(medians.pop("two_forwards"), medians, rounds=rounds)
+    if breakdown:
+        report.breakdown_s = {m: _profile_regions(runs[m]) for m in methods if m in ZO_METHODS}
+    return report
+
+
+def format_speed(report: SpeedReport) -> str:
+    lines = [
+        f"two plain forward passes: {report.two_forwards_s:.3f} s (median of {report.rounds})",
+        f"{'method':<10}{'step s':>9}{'/ 2 fwd':>9}",
+    ]
+    for method, seconds in report.step_s.items():
+        lines.append(f"{method:<10}{seconds:>9.3f}{seconds / report.two_forwards_s:>9.2f}")
+    if report.breakdown_s:
+        lines.append("")
+        lines.append("where a step goes (profiled round, seconds; rng is inside perturb/update,")
+        lines.append("capture inside forward):")
+        header = f"{'method':<10}" + "".join(f"{r.split('.')[1]:>9}" for r in REGIONS)
+        lines.append(header)
+        for method, regions in report.breakdown_s.items():
+            lines.append(f"{method:<10}" + "".join(f"{regions[r]:>9.3f}" for r in REGIONS))
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""The instruments themselves, on tiny models: alignment, speed, memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agzo.probes.alignment import captured_fraction, measure_alignment, plot_alignment
+from agzo.probes.estimators import estimator_variants
+from agzo.probes.memory import measure_memory
+from agzo.probes.shapes import build_shape, last_token_loss, random_batch
+from agzo.probes.speed import measure_speed
+from tests.tiny import batch, loss_fn, tiny_model
+
+
+def test_alignment_ranks_agzo_above_mezo_and_reports_intervals(tmp_path) -> None:
+    model = tiny_model("qwen3")
+    ids, mask, labels = batch("qwen3", pad=2)
+    closure = loss_fn(model, "qwen3", ids, mask, labels)
+    variants = estimator_variants()
+    names = ["mezo", "lozo", "agzo", "agzo-r4", "agzo-embed-gaussian"]
+    results = measure_alignment(model, closure, {n: variants[n] for n in names}, draws=12)
+    by_name = {r.name: r for r in results}
+    assert by_name["agzo"].cosine.mean > 2 * by_name["mezo"].cosine.mean
+    for r in results:
+        assert 0 < r.cosine.mean < 1 and r.cosine.ci95 >= 0 and r.cosine.n == 12
+        assert r.per_tensor  # per-layer cosines
+    fractions = by_name["agzo"].captured_fraction
+    assert fractions and all(0 <= f <= 1 + 1e-6 for f in fractions.values())
+    assert not by_name["mezo"].captured_fraction
+    assert all(p.grad is None for p in model.parameters())
+    plot_alignment(results, str(tmp_path / "a.png"))
+    assert (tmp_path / "a.png").stat().st_size > 1000
+    json.dumps([r.to_dict() for r in results])
+
+
+def test_captured_fraction_is_one_inside_and_zero_outside_the_subspace() -> None:
+    basis = torch.eye(6)[:, :2]
+    inside = torch.randn(4, 2) @ basis.T
+    outside = torch.randn(4, 4) @ torch.eye(6)[:, 2:].T
+    assert captured_fraction(inside, basis, transposed=False) == pytest.approx(1.0)
+    assert captured_fraction(outside, basis, transposed=False) == pytest.approx(0.0, abs=1e-6)
+    assert captured_fraction(inside.T, basis, transposed=True) == pytest.approx(1.0)
+
+
+def test_speed_report_measures_every_method_and_region() -> None:
+    model = build_shape("tiny")
+    closure = last_token_loss(model, *random_batch(model, 4, 16))
+    report = measure_speed(model, closure, ("agzo", "mezo", "lozo", "fo-adamw"), rounds=2)
+    assert set(report.step_s) == {"agzo", "mezo", "lozo", "fo-adamw"}
+    assert report.two_forwards_s > 0 and all(t > 0 for t in report.step_s.values())
+    regions = report.breakdown_s["agzo"]
+    assert regions["agzo.forward"] > 0 and regions["agzo.capture"] > 0
+    assert regions["agzo.perturb"] > 0 and regions["agzo.update"] > 0
+    assert report.breakdown_s["mezo"]["agzo.capture"] == 0  # MeZO captures nothing
+    assert report.breakdown_s["mezo"]["agzo.rng"] > 0
+
+
+def test_memory_probe_runs_each_config_in_its_own_process() -> None:
+    rows = measure_memory("tiny", [2], [16], ("inference", "agzo", "fo-adamw"))
+    assert [r.config for r in rows] == ["inference", "agzo", "fo-adamw"]
+    assert rows[0].ratio_to_inference == 1.0
+    assert all(r.peak_bytes > 10 * 2**20 for r in rows)  # at least the interpreter and torch
