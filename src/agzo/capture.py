@@ -121,19 +121,36 @@ class ActivationCapture:
         self._summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._token_rows: dict[int, torch.Tensor] = {}
         self._calls: dict[int, int] = {}
+        self._row_index: torch.Tensor | None = None
+        self._row_index_mask: torch.Tensor | None = None
+        self._row_index_device: torch.device | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- hooks -------------------------------------------------------------------------
     def _mask(self) -> torch.Tensor | None:
         return self.explicit_mask if self.explicit_mask is not None else self._seen_mask
 
+    def _real_row_index(self, mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """Flat indices of the real tokens, or None when there is no padding at all.
+
+        Computed once per mask and reused by every hooked layer: gathering rows by index
+        is cheaper than boolean masking each layer's input.
+        """
+        if self._row_index_mask is not mask or self._row_index_device != device:
+            flat = mask.reshape(-1).to(device)
+            self._row_index = None if bool(flat.all()) else flat.nonzero().squeeze(1)
+            self._row_index_mask, self._row_index_device = mask, device
+        return self._row_index
+
     def _real_rows(self, x: torch.Tensor, feature_dims: int) -> torch.Tensor:
         """Flatten leading dims of `x` to rows, dropping rows the mask marks as padding."""
+        rows = x.reshape(-1, *x.shape[x.dim() - feature_dims :])
         mask = self._mask()
         lead = x.shape[: x.dim() - feature_dims]
-        if mask is not None and tuple(mask.shape) == tuple(lead):
-            return x[mask.to(device=x.device).bool()]
-        return x.reshape(-1, *x.shape[x.dim() - feature_dims :])
+        if mask is None or tuple(mask.shape) != tuple(lead):
+            return rows
+        index = self._real_row_index(mask, x.device)
+        return rows if index is None else rows.index_select(0, index)
 
     def _root_pre_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
