@@ -362,3 +362,15 @@ def test_dropout_in_training_mode_warns() -> None:
     model.train()
     with pytest.warns(UserWarning, match="dropout"):
         agzo.MeZO(model).step(closure)
+
+
+def test_lr_changes_after_load_state_dict_take_effect() -> None:
+    model, closure = _setup("llama")
+    opt = agzo.AGZO(model, lr=1e-2, eps=1e-3)
+    opt.load_state_dict(opt.state_dict())  # replaces the param group dicts
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    before = _weights(model)
+    opt.step(closure)
+    for p, w in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)

@@ -123,8 +123,6 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         self.step_count = 0
         self.skipped_steps = 0
         self.tensors: list[TrainableTensor] = describe_tensors(named, model)
-        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        self._groups = [group_of[id(t.param)] for t in self.tensors]
         self._warned_dropout = False
         if sampler.needs_capture and model is None:
             raise ValueError(
@@ -242,9 +240,16 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
                 stacklevel=3,
             )
 
+    def _current_groups(self) -> list[dict[str, Any]]:
+        """Each tensor's param group, looked up now: `load_state_dict` replaces the group
+        dicts, and LR schedulers write to whichever dicts `param_groups` holds."""
+        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
+        return [group_of[id(t.param)] for t in self.tensors]
+
     def _apply(self, probe: Probe, estimate: Estimate) -> None:
+        groups = self._current_groups()
         with record_function("agzo.update"):
-            for tensor, direction, group in zip(probe.tensors, probe.directions, self._groups):
+            for tensor, direction, group in zip(probe.tensors, probe.directions, groups):
                 self._update_tensor(tensor, direction, estimate, group)
 
     def _update_tensor(
