@@ -1,0 +1,258 @@
+"""The `agzo` command: train, evaluate, list tasks.
+
+    agzo train                                   # the embedded default run (SmolLM2 + AGZO)
+    agzo train --optimizer mezo --lr 1e-6 --steps 500 --output-dir runs/mezo
+    agzo train --config run.yaml --seed 1        # flags override the file
+    agzo train --resume --output-dir runs/mezo --steps 1000
+    agzo train --task custom --data-file reviews.jsonl \\
+        --template "Review: {text}\\nSentiment:" --labels "0=negative,1=positive"
+    agzo eval --model runs/mezo                  # a run dir, its model/, a checkpoint, or a spec
+    agzo tasks
+
+Every TrainConfig field is a `train` flag (`power_steps` -> `--power-steps`). Bad input
+prints one `agzo: error: ...` line and exits with status 2; Ctrl-C during training saves a
+checkpoint and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agzo.models import ModelLoadError
+from agzo.tasks import TaskDataError, available_tasks, get_task
+from agzo.train.checkpoint import CheckpointError, is_checkpoint_dir, load_checkpoint
+from agzo.train.config import (
+    CUSTOM_TASK,
+    DEFAULT_TASK,
+    ConfigError,
+    TrainConfig,
+    load_config_file,
+)
+from agzo.train.loop import MODEL_DIR, TrainError, TrainingInterrupted, evaluate_model, train
+
+__all__ = ["build_parser", "main"]
+
+USER_ERRORS = (ConfigError, TrainError, TaskDataError, ModelLoadError, CheckpointError)
+
+
+class UsageError(Exception):
+    """A command-line syntax error (unknown flag, missing value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the usage block and exits; we want one line, printed by main.
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One flag per TrainConfig field (or the given subset), absent unless passed."""
+    for f in dataclasses.fields(TrainConfig):
+        if names is not None and f.name not in names:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        kwargs["help"] = f.metadata.get("help", "")
+        if f.default is not None and f.default is not dataclasses.MISSING:
+            kwargs["help"] += f" [{f.default}]"
+        if kind.startswith("bool"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("tuple"):
+            kwargs["action"] = "append"
+            kwargs["metavar"] = "PATTERN"
+            kwargs["help"] += " (repeatable)"
+        else:
+            kwargs["metavar"] = f.name.upper()
+        parser.add_argument(flag, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="agzo", description="Forward-only fine-tuning of language models.")
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,tasks}")
+
+    train_parser = commands.add_parser(
+        "train",
+        help="fine-tune a model (no flags: the embedded default run)",
+        description="Fine-tune a model. Without flags: SmolLM2-135M + AGZO on the default "
+        "generated task, about 10 minutes on 2 CPU cores.",
+    )
+    train_parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings")
+    train_parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --output-dir"
+    )
+    train_parser.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in --output-dir"
+    )
+    train_parser.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_config_flags(train_parser)
+    train_parser.set_defaults(handler=_train)
+
+    eval_parser = commands.add_parser(
+        "eval",
+        help="evaluate a model zero-shot, or a trained run / model dir / checkpoint",
+        description="Evaluate a model on a task's dev/test split (drawn as in training).",
+    )
+    eval_parser.add_argument(
+        "--model",
+        default=argparse.SUPPRESS,
+        help="run dir, saved model dir, checkpoint dir, built-in name, .gguf or hub id",
+    )
+    eval_parser.add_argument("--split", choices=("dev", "test", "both"), default="test")
+    eval_parser.add_argument(
+        "--batch-size", dest="eval_batch_size", default=argparse.SUPPRESS, metavar="N"
+    )
+    eval_parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON")
+    eval_parser.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_config_flags(
+        eval_parser,
+        (
+            "task",
+            "data_dir",
+            "data_file",
+            "template",
+            "labels",
+            "label_field",
+            "n_train",
+            "n_dev",
+            "n_test",
+            "seed",
+            "dtype",
+            "device",
+            "max_length",
+            "loss",
+        ),
+    )
+    eval_parser.set_defaults(handler=_eval)
+
+    tasks_parser = commands.add_parser("tasks", help="list the available tasks")
+    tasks_parser.set_defaults(handler=_tasks)
+    return parser
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _train(args: argparse.Namespace) -> int:
+    flags = _config_values(args)
+    values: dict[str, Any] = {}
+    output_dir = flags.get("output_dir")
+    saved = Path(output_dir) / "config.yaml" if output_dir else None
+    if args.resume and saved is not None and saved.is_file():
+        values.update(load_config_file(saved))  # resume: the saved run is the base
+    if args.config:
+        values.update(load_config_file(args.config))
+    values.update(flags)
+    config = TrainConfig.from_dict(values, source=args.config or "flags")
+    if args.quiet:
+        _quiet_transformers()
+    train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+_CUSTOM_FIELDS = ("data_dir", "data_file", "template", "labels", "label_field")
+
+
+def _eval_base(spec: str) -> tuple[dict[str, Any], Path | None]:
+    """Settings implied by what --model points at, and checkpoint weights if any."""
+    path = Path(spec)
+    if is_checkpoint_dir(path):
+        checkpoint = load_checkpoint(path)
+        return checkpoint.config().resolved(), checkpoint.weights_path
+    for run_dir, model_dir in ((path, path / MODEL_DIR), (path.parent, path)):
+        if (run_dir / "config.yaml").is_file() and (model_dir / "config.json").is_file():
+            base = TrainConfig.from_file(run_dir / "config.yaml").resolved()
+            return base | {"model": str(model_dir)}, None
+    return {"model": spec}, None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    flags = _config_values(args)
+    values, weights = _eval_base(flags.pop("model", TrainConfig.model))
+    if "task" in flags and flags["task"] != values.get("task"):
+        for name in _CUSTOM_FIELDS:  # the run's own task data does not carry over
+            values.pop(name, None)
+    values.update(flags)
+    config = TrainConfig.from_dict(values, source="flags")
+    if args.quiet:
+        _quiet_transformers()
+    splits = ("dev", "test") if args.split == "both" else (args.split,)
+    results = evaluate_model(config, weights=weights, splits=splits, quiet=args.quiet)
+    for split, metrics in results.items():
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_examples")
+        print(f"{config.task} {split} ({int(metrics['n_examples'])} examples): {shown}")
+    if args.output:
+        report: dict[str, Any] = {
+            "model": config.model,
+            "weights": str(weights) if weights else None,
+        }
+        report |= {"task": config.task, "seed": config.seed, "results": results}
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    names = available_tasks()
+    width = max(len(n) for n in [*names, CUSTOM_TASK])
+    for name in names:
+        task = get_task(name)
+        default = " (default)" if name == DEFAULT_TASK else ""
+        print(f"{name:<{width}}  {task.metric:<8}  {task.description}{default}")
+    print(
+        f"{CUSTOM_TASK:<{width}}  {'accuracy':<8}  your data: --task custom --data-file FILE "
+        "--template TEXT --labels '0=negative,1=positive'"
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _quiet_transformers() -> None:
+    """transformers' own load/save progress bars (this process is ours to configure)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `agzo` command; returns the exit status (2 for bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        status: int = args.handler(args)
+        return status
+    except TrainingInterrupted as stop:
+        print(f"agzo: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("agzo: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, *USER_ERRORS) as error:
+        print(f"agzo: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,530 @@
+"""The settings of one training run, validated before any model is loaded.
+
+`TrainConfig` is the single description of a run: the Python API takes it, the CLI builds
+it from a YAML/TOML file plus flags (flags win), and every run writes its resolved form to
+`output_dir/config.yaml`, which is also what `--resume` compares against. Like peft's
+configs, it checks itself in `__post_init__`, so a bad value fails in milliseconds with a
+message naming the setting, not minutes later inside the loop.
+
+Optimizer-specific settings (eps, rank, power_steps, ...) default to None, meaning "the
+method's default" (`METHOD_SETTINGS`). Keeping them unset until resolved is what lets the
+config reject a setting the chosen method would silently ignore (`--rank` with MeZO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import os
+import time
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from agzo.directions.activation import EMBEDDING_MODES
+from agzo.models import DEFAULT_MODEL
+from agzo.tasks import available_tasks
+from agzo.tasks.custom import parse_label_spec, template_fields
+from agzo.updates import UPDATE_RULES
+
+__all__ = [
+    "CUSTOM_TASK",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_EVAL_EVERY",
+    "DEFAULT_EVAL_EXAMPLES",
+    "DEFAULT_LR",
+    "DEFAULT_N_DEV",
+    "DEFAULT_N_TEST",
+    "DEFAULT_N_TRAIN",
+    "DEFAULT_STEPS",
+    "DEFAULT_TASK",
+    "DTYPES",
+    "FIRST_ORDER",
+    "METHOD_SETTINGS",
+    "OPTIMIZERS",
+    "RESUMABLE_CHANGES",
+    "ZEROTH_ORDER",
+    "ConfigError",
+    "TrainConfig",
+    "default_output_dir",
+    "load_config_file",
+]
+
+
+class ConfigError(ValueError):
+    """A setting is invalid or inconsistent; the message names it and says what is allowed."""
+
+
+# --------------------------------------------------------------------------- defaults
+
+# The built-in generated task of the embedded default run (no data files, works offline).
+# Provisional: it will be chosen by measuring which task shows the clearest gain in a
+# few hundred steps.
+DEFAULT_TASK = "synthetic-sentiment"
+CUSTOM_TASK = "custom"
+
+# The embedded default run (`agzo train` with no arguments) is sized for ~10 minutes on
+# 2 CPU cores: SmolLM2 load ~20 s; zero-shot dev + test on 200 + 200 examples ~30 s;
+# 150 AGZO steps at ~2.5-3 s (two forwards of 16 short prompts at ~1.2 s each); a dev
+# evaluation every 25 steps (6 x ~15 s); final test ~15 s; saving ~10 s.
+DEFAULT_STEPS = 150
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_EVAL_EVERY = 25
+DEFAULT_N_TRAIN = 1000
+DEFAULT_N_DEV = 200
+DEFAULT_N_TEST = 200
+DEFAULT_EVAL_EXAMPLES = 200
+DEFAULT_CHECKPOINT_EVERY = 50
+
+ZEROTH_ORDER: tuple[str, ...] = ("agzo", "mezo", "lozo")
+FIRST_ORDER: tuple[str, ...] = ("fo-adamw", "fo-sgd")
+OPTIMIZERS: tuple[str, ...] = ZEROTH_ORDER + FIRST_ORDER
+
+# Default learning rate per method. The zeroth-order values come from DESIGN.md's SmolLM2
+# measurements (100-step SST-2 prototype runs: AGZO 3e-4 best, 1e-3 diverged; MeZO best
+# at 1e-6 to 1e-5); the first-order ones are common fine-tuning values. They differ by
+# orders of magnitude between methods, and all of them will be tuned.
+DEFAULT_LR: dict[str, float] = {
+    "agzo": 3e-4,
+    "mezo": 1e-6,
+    "lozo": 1e-6,
+    "fo-adamw": 1e-5,
+    "fo-sgd": 1e-3,
+}
+
+# The optional settings each method understands, with their defaults. A setting given
+# for a method that does not list it is an error rather than silently ignored.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "agzo": {
+        "eps": 1e-3,
+        "rank": 1,  # paper default: the top-1 activation direction per layer
+        "power_steps": 3,
+        "embedding_mode": "activation",
+        "update": "sgd",
+        "two_sided": False,  # the capture pass already gives f(W0): one extra forward
+    },
+    "mezo": {"eps": 1e-3, "update": "sgd", "two_sided": True},
+    "lozo": {
+        "eps": 1e-3,
+        "rank": 2,  # LOZO paper default
+        "refresh_every": 50,
+        "momentum": 0.0,  # > 0 is LOZO-M
+        "update": "sgd",
+        "two_sided": True,
+    },
+    "fo-adamw": {},
+    "fo-sgd": {"momentum": 0.0},
+}
+_METHOD_SPECIFIC = tuple(dict.fromkeys(k for s in METHOD_SETTINGS.values() for k in s))
+
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+LOSSES: tuple[str, ...] = ("lm", "candidates")
+
+# Settings a resumed run may change: they decide how long to train and how often to
+# look, not what is trained. Anything else differing from the saved config is an error.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "eval_every",
+        "eval_examples",
+        "eval_batch_size",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "tensorboard",
+        "output_dir",
+        "device",
+    }
+)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+# --------------------------------------------------------------------------- the config
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fine-tuning run. Every field is also a CLI flag (`rank` -> `--rank`)."""
+
+    # What to train, on what.
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata=_help("built-in name, saved model dir, .gguf file or hub id"),
+    )
+    task: str = field(
+        default=DEFAULT_TASK, metadata=_help(f"task name (see `agzo tasks`) or {CUSTOM_TASK!r}")
+    )
+    data_dir: str | None = field(default=None, metadata=_help("folder of a benchmark's files"))
+    data_file: str | None = field(
+        default=None, metadata=_help("custom task: .jsonl/.csv/.tsv file or folder")
+    )
+    template: str | None = field(
+        default=None, metadata=_help(r"custom task: prompt, e.g. 'Review: {text}\nSentiment:'")
+    )
+    labels: str | None = field(
+        default=None, metadata=_help("custom task: label words, e.g. '0=negative,1=positive'")
+    )
+    label_field: str | None = field(
+        default=None, metadata=_help("custom task: column holding the label (default: label)")
+    )
+    # How to train.
+    optimizer: str = field(default="agzo", metadata=_help(" | ".join(OPTIMIZERS)))
+    lr: float | None = field(default=None, metadata=_help("learning rate (default per method)"))
+    eps: float | None = field(default=None, metadata=_help("ZO perturbation scale mu (1e-3)"))
+    rank: int | None = field(default=None, metadata=_help("agzo/lozo subspace rank (1 / 2)"))
+    power_steps: int | None = field(default=None, metadata=_help("agzo power-iteration steps (3)"))
+    embedding_mode: str | None = field(
+        default=None, metadata=_help("agzo embedding probes: activation | gaussian")
+    )
+    update: str | None = field(
+        default=None, metadata=_help("ZO update rule: " + " | ".join(UPDATE_RULES))
+    )
+    two_sided: bool | None = field(default=None, metadata=_help("two-sided ZO difference"))
+    refresh_every: int | None = field(
+        default=None, metadata=_help("lozo: redraw V every N steps (50)")
+    )
+    momentum: float | None = field(default=None, metadata=_help("lozo (LOZO-M) / fo-sgd"))
+    weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay"))
+    include: tuple[str, ...] | None = field(
+        default=None, metadata=_help("train only parameters matching (glob/substring)")
+    )
+    exclude: tuple[str, ...] | None = field(
+        default=None, metadata=_help("never train parameters matching (glob/substring)")
+    )
+    loss: str = field(default="lm", metadata=_help("lm | candidates (see objective.py)"))
+    steps: int = field(default=DEFAULT_STEPS, metadata=_help("optimizer steps"))
+    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("examples per step"))
+    seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
+    # Data sizes and evaluation.
+    n_train: int = field(default=DEFAULT_N_TRAIN, metadata=_help("training examples"))
+    n_dev: int = field(default=DEFAULT_N_DEV, metadata=_help("dev examples"))
+    n_test: int = field(default=DEFAULT_N_TEST, metadata=_help("test examples"))
+    eval_every: int = field(default=DEFAULT_EVAL_EVERY, metadata=_help("dev eval every N steps"))
+    eval_examples: int | None = field(
+        default=DEFAULT_EVAL_EXAMPLES,
+        metadata=_help("cap on dev examples evaluated during training (none: all)"),
+    )
+    eval_batch_size: int = field(default=32, metadata=_help("examples per eval forward"))
+    max_length: int | None = field(default=None, metadata=_help("max tokens per sequence"))
+    # Where and how it runs.
+    output_dir: str | None = field(
+        default=None, metadata=_help("default: runs/<task>-<optimizer>-<timestamp>")
+    )
+    dtype: str = field(default="float32", metadata=_help(" | ".join(DTYPES)))
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N | mps"))
+    checkpoint_every: int = field(
+        default=DEFAULT_CHECKPOINT_EVERY, metadata=_help("checkpoint every N steps (0: end only)")
+    )
+    keep_checkpoints: int = field(default=1, metadata=_help("how many checkpoints to keep"))
+    tensorboard: bool = field(default=True, metadata=_help("TensorBoard logs when installed"))
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        object.__setattr__(self, "optimizer", self.optimizer.strip().lower())
+        object.__setattr__(self, "task", self.task.strip().lower())
+        self._check_method()
+        self._check_task()
+        self._check_ranges()
+
+    # -- validation -----------------------------------------------------------------------
+    def _check_method(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        accepted = METHOD_SETTINGS[self.optimizer]
+        for name in _METHOD_SPECIFIC:
+            if getattr(self, name) is not None and name not in accepted:
+                users = [m for m, s in METHOD_SETTINGS.items() if name in s]
+                raise ConfigError(
+                    f"{_flag(name)} is not a setting of optimizer {self.optimizer!r} "
+                    f"(it applies to {', '.join(users)}); {self.optimizer} takes: "
+                    f"{', '.join(_flag(k) for k in accepted) or 'no method-specific settings'}"
+                )
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.eps is not None and not self.eps > 0:
+            raise ConfigError(f"eps (the perturbation scale) must be > 0, got {self.eps}")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"rank must be >= 1, got {self.rank}")
+        if self.power_steps is not None and self.power_steps < 0:
+            raise ConfigError(f"power_steps must be >= 0, got {self.power_steps}")
+        if self.refresh_every is not None and self.refresh_every < 1:
+            raise ConfigError(f"refresh_every must be >= 1, got {self.refresh_every}")
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.embedding_mode is not None and self.embedding_mode not in EMBEDDING_MODES:
+            raise ConfigError(
+                f"unknown embedding_mode {self.embedding_mode!r}; "
+                f"choose one of {', '.join(EMBEDDING_MODES)}"
+            )
+        if self.update is not None and self.update not in UPDATE_RULES:
+            raise ConfigError(
+                f"unknown update rule {self.update!r}; choose one of {', '.join(UPDATE_RULES)}"
+            )
+        if (
+            self.optimizer == "lozo"
+            and self.setting("momentum")
+            and self.setting("update") != "sgd"
+        ):
+            raise ConfigError(
+                "lozo with momentum > 0 (LOZO-M) applies its own update; drop --update"
+            )
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    def _check_task(self) -> None:
+        custom_fields = ("data_file", "template", "labels", "label_field")
+        if self.task != CUSTOM_TASK:
+            if self.task not in available_tasks():
+                close = difflib.get_close_matches(self.task, available_tasks(), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    f"unknown task {self.task!r}{hint}; choose one of "
+                    f"{', '.join(available_tasks())}, or {CUSTOM_TASK!r} with --data-file, "
+                    "--template and --labels"
+                )
+            given = [_flag(name) for name in custom_fields if getattr(self, name) is not None]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)} only apply to --task {CUSTOM_TASK} "
+                    f"(the task is {self.task!r})"
+                )
+            return
+        missing = [_flag(name) for name in custom_fields[:3] if getattr(self, name) is None]
+        if missing:
+            raise ConfigError(
+                f"--task {CUSTOM_TASK} needs {', '.join(missing)} "
+                "(e.g. --data-file reviews.jsonl --template 'Review: {text}\\nSentiment:' "
+                "--labels '0=negative,1=positive')"
+            )
+        if self.data_dir is not None:
+            raise ConfigError("--data-dir is for benchmark tasks; a custom task uses --data-file")
+        try:
+            template_fields(self.template or "")
+            parse_label_spec(self.labels or "")
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+
+    def _check_ranges(self) -> None:
+        positive = ("steps", "batch_size", "n_train", "n_dev", "n_test", "eval_every")
+        for name in (*positive, "eval_batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_examples is not None and self.eval_examples < 1:
+            raise ConfigError(
+                f"eval_examples must be >= 1 (or null: all dev), got {self.eval_examples}"
+            )
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError) as error:
+                raise ConfigError(f"invalid device {self.device!r}: {error}") from error
+
+    # -- resolved values ------------------------------------------------------------------
+    @property
+    def zeroth_order(self) -> bool:
+        return self.optimizer in ZEROTH_ORDER
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    def setting(self, name: str) -> Any:
+        """A method-specific setting: the given value, else the method's default."""
+        defaults = METHOD_SETTINGS[self.optimizer]
+        if name not in defaults:
+            raise KeyError(f"optimizer {self.optimizer!r} has no setting {name!r}")
+        value = getattr(self, name)
+        return defaults[name] if value is None else value
+
+    def resolved(self) -> dict[str, Any]:
+        """All fields with the defaults that apply filled in (lr, the method's settings);
+        settings the method does not take stay None. This is what config.yaml holds."""
+        values = self.to_dict()
+        values["lr"] = self.learning_rate
+        for name in METHOD_SETTINGS[self.optimizer]:
+            values[name] = self.setting(name)
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields as plain YAML/JSON values (tuples become lists)."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in dataclasses.fields(self)
+        }
+
+    def differences(
+        self, other: TrainConfig, ignore: frozenset[str] = RESUMABLE_CHANGES
+    ) -> dict[str, tuple[Any, Any]]:
+        """{name: (self's value, other's value)} for resolved settings that differ."""
+        mine, theirs = self.resolved(), other.resolved()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- files ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping; keys may use dashes (`power-steps`). Unknown keys are errors."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).strip().replace("-", "_")
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
+            clean[name] = value
+        return cls(**clean)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+        """Load a YAML or TOML file; `overrides` (e.g. from command-line flags) win."""
+        values = load_config_file(path)
+        values.update({k.replace("-", "_"): v for k, v in overrides.items()})
+        return cls.from_dict(values, source=str(path))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the resolved config as YAML (atomically: a crash never leaves half a file)."""
+        target = Path(path)
+        staging = target.with_name(f".{target.name}.tmp")
+        staging.write_text(yaml.safe_dump(self.resolved(), sort_keys=False), encoding="utf-8")
+        os.replace(staging, target)
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level mapping of a .yaml/.yml or .toml file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {str(file)!r} does not exist")
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        elif suffix == ".toml":
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        else:
+            raise ConfigError(f"config file {str(file)!r}: use a .yaml, .yml or .toml file")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as error:
+        detail = " ".join(str(error).split())
+        raise ConfigError(
+            f"config file {str(file)!r} is not valid {suffix[1:]}: {detail}"
+        ) from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(file)!r} must hold a mapping of setting: value")
+    return data
+
+
+def default_output_dir(config: TrainConfig, root: str | os.PathLike[str] = "runs") -> str:
+    """runs/<task>-<optimizer>-<YYYYmmdd-HHMMSS>, never an existing directory."""
+    stem = Path(root) / f"{config.task}-{config.optimizer}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = stem, 1
+    while candidate.exists():
+        n += 1
+        candidate = stem.with_name(f"{stem.name}-{n}")
+    return str(candidate)
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    """(the type inside `X | None`, whether None is allowed)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return hint, False
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """`value` converted to the field's type where unambiguous (YAML reads `1e-3` as a
+    string, TOML may give 100.0 for a step count); otherwise a ConfigError."""
+    kind, optional = _unwrap_optional(_field_types()[name])
+    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        value = None  # how a command line says "unset" (e.g. --eval-examples none)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be empty (null)")
+    wanted = getattr(kind, "__name__", str(kind))
+    if kind is bool:
+        wanted = "true or false"
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if number.is_integer():
+                    return int(number)
+        wanted = "an integer"
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        wanted = "a number"
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        wanted = "a string"
+    elif typing.get_origin(kind) is tuple:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            return tuple(items)
+        wanted = "a list of strings"
+    raise ConfigError(f"{name} must be {wanted}, got {value!r}")
