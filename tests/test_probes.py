@@ -63,3 +63,19 @@ def test_memory_probe_runs_each_config_in_its_own_process() -> None:
     assert [r.config for r in rows] == ["inference", "agzo", "fo-adamw"]
     assert rows[0].ratio_to_inference == 1.0
     assert all(r.peak_bytes > 10 * 2**20 for r in rows)  # at least the interpreter and torch
+
+
+def test_probe_commands_from_the_cli(tmp_path, capsys) -> None:
+    from agzo.cli import main
+
+    out = tmp_path / "speed"
+    assert main(["probe", "speed", "--shape", "tiny", "--batch", "2", "--seq", "8",
+                 "--rounds", "1", "--methods", "agzo,mezo", "--output", str(out)]) == 0  # fmt: skip
+    report = json.loads((out / "speed.json").read_text())
+    assert set(report["step_over_two_forwards"]) == {"agzo", "mezo"}
+    assert "two plain forward passes" in capsys.readouterr().out
+
+    assert main(["probe", "speed", "--shape", "nope", "--output", str(out)]) == 2
+    assert "unknown shape" in capsys.readouterr().err
+    assert main(["probe", "memory", "--configs", "inference,sgd", "--output", str(out)]) == 2
+    assert "unknown config" in capsys.readouterr().err

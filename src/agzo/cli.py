@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from agzo.models import ModelLoadError
+from agzo.probes.commands import ProbeError, add_probe_parser, run_probe
 from agzo.tasks import TaskDataError, available_tasks, get_task
 from agzo.train.checkpoint import CheckpointError, is_checkpoint_dir, load_checkpoint
 from agzo.train.config import (
@@ -38,7 +39,7 @@ from agzo.train.loop import MODEL_DIR, TrainError, TrainingInterrupted, evaluate
 
 __all__ = ["build_parser", "main"]
 
-USER_ERRORS = (ConfigError, TrainError, TaskDataError, ModelLoadError, CheckpointError)
+USER_ERRORS = (ConfigError, TrainError, TaskDataError, ModelLoadError, CheckpointError, ProbeError)
 
 
 class UsageError(Exception):
@@ -78,7 +79,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | No
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="agzo", description="Forward-only fine-tuning of language models.")
-    commands = parser.add_subparsers(dest="command", metavar="{train,eval,tasks}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,tasks,probe}")
 
     train_parser = commands.add_parser(
         "train",
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks_parser = commands.add_parser("tasks", help="list the available tasks")
     tasks_parser.set_defaults(handler=_tasks)
+
+    add_probe_parser(commands).set_defaults(handler=run_probe)
     return parser
 
 

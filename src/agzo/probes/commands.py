@@ -6,12 +6,18 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from agzo.probes.estimators import estimator_variants
+
+
+class ProbeError(ValueError):
+    """Bad input to a probe (unknown estimator, method or shape)."""
+
 
 DEFAULT_ESTIMATORS = "mezo,lozo,agzo,agzo-r4,agzo-r16,agzo-k1,agzo-k5,agzo-embed-gaussian"
 
@@ -29,8 +35,11 @@ def _ints(text: str) -> list[int]:
         ) from None
 
 
-def add_probe_parser(subparsers: Any) -> None:
-    probe = subparsers.add_parser("probe", help="measure gradient alignment, memory or speed")
+def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `probe alignment | memory | speed` to the `agzo` command; returns its parser."""
+    probe: argparse.ArgumentParser = subparsers.add_parser(
+        "probe", help="measure gradient alignment, memory or speed"
+    )
     kinds = probe.add_subparsers(dest="probe", required=True)
 
     align = kinds.add_parser(
@@ -65,9 +74,11 @@ def add_probe_parser(subparsers: Any) -> None:
     speed.add_argument("--dtype", default="float32")
     speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     speed.add_argument("--output", default="probe-speed")
+    return probe
 
 
 def run_probe(args: argparse.Namespace) -> int:
+    """Run the probe named on the command line, writing JSON (and a PNG) to --output."""
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.probe == "alignment":
@@ -87,7 +98,7 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     names = _csv(args.estimators)
     unknown = [n for n in names if n not in variants]
     if unknown:
-        raise ValueError(f"unknown estimator(s) {unknown}; choose from {sorted(variants)}")
+        raise ProbeError(f"unknown estimator(s) {unknown}; choose from {sorted(variants)}")
     model, tokenizer = load_model(args.model)
     splits = load_splits(
         args.task, args.data_dir, seed=args.seed, n_train=args.batch_size, n_dev=1, n_test=1
@@ -134,8 +145,18 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _check_choices(kind: str, given: list[str], valid: Sequence[str]) -> None:
+    unknown = [g for g in given if g not in valid]
+    if unknown:
+        raise ProbeError(f"unknown {kind} {unknown}; choose from {list(valid)}")
+
+
 def _memory(args: argparse.Namespace, out: Path) -> int:
-    from agzo.probes.memory import format_memory, measure_memory, plot_memory
+    from agzo.probes.memory import CONFIGS, format_memory, measure_memory, plot_memory
+    from agzo.probes.shapes import SHAPES
+
+    _check_choices("shape", [args.shape], list(SHAPES))
+    _check_choices("config", _csv(args.configs), CONFIGS)
 
     rows = measure_memory(
         args.shape,
@@ -161,8 +182,11 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
 
 
 def _speed(args: argparse.Namespace, out: Path) -> int:
-    from agzo.probes.shapes import build_shape, last_token_loss, random_batch
-    from agzo.probes.speed import format_speed, measure_speed
+    from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
+    from agzo.probes.speed import ALL_METHODS, format_speed, measure_speed
+
+    _check_choices("shape", [args.shape], list(SHAPES))
+    _check_choices("method", _csv(args.methods), ALL_METHODS)
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
     closure = last_token_loss(model, *random_batch(model, args.batch, args.seq, args.device))
