@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.models import (
@@ -22,6 +23,12 @@ from agzo.models import (
     tiny_encoder,
     tiny_tokenizer,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tiny models: starting a second BLAS thread costs more than it saves, and on a shared
+    # machine threads mostly wait for each other. The SmolLM2 tests raise it again.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
