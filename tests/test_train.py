@@ -107,7 +107,7 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
 def test_defaults_and_method_resolution() -> None:
     config = TrainConfig()
     assert config.task == DEFAULT_TASK and config.optimizer == "agzo"
-    assert config.learning_rate == DEFAULT_LR["agzo"] == 3e-4
+    assert config.learning_rate == DEFAULT_LR["agzo"] == 1e-4
     assert (config.setting("rank"), config.setting("power_steps"), config.setting("eps")) == (
         1,
         3,

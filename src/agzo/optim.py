@@ -1,6 +1,6 @@
 """AGZO, MeZO and LOZO as `torch.optim.Optimizer`s driven by a loss closure.
 
-    opt = agzo.AGZO(model, lr=3e-4, eps=1e-3)
+    opt = agzo.AGZO(model, lr=1e-4, eps=1e-3)
     loss = opt.step(lambda: loss_fn(model, batch))
 
 `step` evaluates the closure two or three times under `torch.no_grad()` (the closure must

@@ -89,12 +89,15 @@ ZEROTH_ORDER: tuple[str, ...] = ("agzo", "mezo", "lozo")
 FIRST_ORDER: tuple[str, ...] = ("fo-adamw", "fo-sgd")
 OPTIMIZERS: tuple[str, ...] = ZEROTH_ORDER + FIRST_ORDER
 
-# Default learning rate per method. The zeroth-order values come from DESIGN.md's SmolLM2
-# measurements (100-step SST-2 prototype runs: AGZO 3e-4 best, 1e-3 diverged; MeZO best
-# at 1e-6 to 1e-5); the first-order ones are common fine-tuning values. They differ by
-# orders of magnitude between methods, and all of them will be tuned.
+# Default learning rate per method, measured on SmolLM2-135M-Instruct (docs/RESULTS.md).
+# They differ by orders of magnitude because the variance of a zeroth-order estimate
+# grows with the number of dimensions its probe spans: MeZO's Gaussian spans all 135M
+# weights, AGZO's rank-1 probes about 0.4M (d_out per linear layer, the batch's embedding
+# rows, the norms), so AGZO tolerates a step roughly 100-300x larger. AGZO at 3e-4 with
+# every parameter trained and the full-vocabulary loss diverged within 25 steps; 1e-4 was
+# stable. The first-order values are common fine-tuning values.
 DEFAULT_LR: dict[str, float] = {
-    "agzo": 3e-4,
+    "agzo": 1e-4,
     "mezo": 1e-6,
     "lozo": 1e-6,
     "fo-adamw": 1e-5,
