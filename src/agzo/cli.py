@@ -161,8 +161,7 @@ def _train(args: argparse.Namespace) -> int:
         values.update(load_config_file(args.config))
     values.update(flags)
     config = TrainConfig.from_dict(values, source=args.config or "flags")
-    if args.quiet:
-        _quiet_transformers()
+    _quiet_transformers()
     train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     return 0
 
@@ -191,8 +190,7 @@ def _eval(args: argparse.Namespace) -> int:
             values.pop(name, None)
     values.update(flags)
     config = TrainConfig.from_dict(values, source="flags")
-    if args.quiet:
-        _quiet_transformers()
+    _quiet_transformers()
     splits = ("dev", "test") if args.split == "both" else (args.split,)
     results = evaluate_model(config, weights=weights, splits=splits, quiet=args.quiet)
     for split, metrics in results.items():
@@ -226,7 +224,7 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _quiet_transformers() -> None:
-    """transformers' own load/save progress bars (this process is ours to configure)."""
+    """Silence transformers' own load/save progress bars: agzo reports loading itself."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
