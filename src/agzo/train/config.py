@@ -42,9 +42,6 @@ __all__ = [
     "DEFAULT_EVAL_EVERY",
     "DEFAULT_EVAL_EXAMPLES",
     "DEFAULT_LR",
-    "DEFAULT_N_DEV",
-    "DEFAULT_N_TEST",
-    "DEFAULT_N_TRAIN",
     "DEFAULT_STEPS",
     "DEFAULT_TASK",
     "DTYPES",
@@ -79,9 +76,6 @@ CUSTOM_TASK = "custom"
 DEFAULT_STEPS = 150
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_EVAL_EVERY = 25
-DEFAULT_N_TRAIN = 1000
-DEFAULT_N_DEV = 200
-DEFAULT_N_TEST = 200
 DEFAULT_EVAL_EXAMPLES = 200
 DEFAULT_CHECKPOINT_EVERY = 50
 
@@ -210,9 +204,11 @@ class TrainConfig:
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("examples per step"))
     seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
     # Data sizes and evaluation.
-    n_train: int = field(default=DEFAULT_N_TRAIN, metadata=_help("training examples"))
-    n_dev: int = field(default=DEFAULT_N_DEV, metadata=_help("dev examples"))
-    n_test: int = field(default=DEFAULT_N_TEST, metadata=_help("test examples"))
+    # None: the task's own sizes (MeZO protocol 1000/500/1000, dev 100 for CB and COPA,
+    # fewer where the files are smaller; 1000/200/200 for generated tasks).
+    n_train: int | None = field(default=None, metadata=_help("training examples"))
+    n_dev: int | None = field(default=None, metadata=_help("dev examples"))
+    n_test: int | None = field(default=None, metadata=_help("test examples"))
     eval_every: int = field(default=DEFAULT_EVAL_EVERY, metadata=_help("dev eval every N steps"))
     eval_examples: int | None = field(
         default=DEFAULT_EVAL_EXAMPLES,
@@ -324,7 +320,8 @@ class TrainConfig:
     def _check_ranges(self) -> None:
         positive = ("steps", "batch_size", "n_train", "n_dev", "n_test", "eval_every")
         for name in (*positive, "eval_batch_size", "keep_checkpoints"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_examples is not None and self.eval_examples < 1:
             raise ConfigError(
