@@ -481,7 +481,7 @@ def test_custom_task_errors(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", GENERATED)
 def test_generated_tasks_are_deterministic_balanced_and_disjoint(name: str) -> None:
     splits = load_splits(name, None, seed=0)
-    assert (len(splits.train), len(splits.dev), len(splits.test)) == (1000, 200, 200)  # sized for the quick demo
+    assert (len(splits.train), len(splits.dev), len(splits.test)) == (1000, 200, 200)
     for split in (splits.train, splits.dev, splits.test):
         counts = Counter(ex.label for ex in split)
         assert abs(counts[0] - counts[1]) <= 1

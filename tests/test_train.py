@@ -444,7 +444,8 @@ def test_resume_refuses_a_different_run(model_dir: Path, tmp_path: Path) -> None
         train(config.replace(lr=0.1, seed=5, steps=4), resume=True, quiet=True)
     message = str(caught.value)
     assert "differs from the saved one in lr, seed" in message
-    assert f"lr: saved {DEFAULT_LR['agzo']}, now 0.1" in message and "steps" not in message.split("(")[0]
+    assert f"lr: saved {DEFAULT_LR['agzo']}, now 0.1" in message
+    assert "steps" not in message.split("(")[0]
 
 
 def test_output_dir_is_never_silently_reused(model_dir: Path, tmp_path: Path) -> None:
