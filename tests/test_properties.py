@@ -374,3 +374,17 @@ def test_lr_changes_after_load_state_dict_take_effect() -> None:
     opt.step(closure)
     for p, w in zip(model.parameters(), before):
         torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
+
+
+def test_layers_reading_the_same_input_share_one_basis() -> None:
+    model, closure = _setup("llama")
+    opt = agzo.AGZO(model, rank=2)
+    captured = _captured(model, closure, opt.tensors)
+    index = {t.name: t.index for t in opt.tensors}
+    layer = "model.layers.0."
+    q, k, v, o = (
+        captured.bases[index[f"{layer}self_attn.{p}_proj.weight"]] for p in ("q", "k", "v", "o")
+    )
+    gate, up = (captured.bases[index[f"{layer}mlp.{p}_proj.weight"]] for p in ("gate", "up"))
+    assert torch.equal(q, k) and torch.equal(q, v) and torch.equal(gate, up)
+    assert q.shape == o.shape and not torch.allclose(q, o)

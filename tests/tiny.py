@@ -65,11 +65,13 @@ def batch(arch: str, seed: int = 1, n: int = 4, length: int = 10, pad: int = 0):
 
 
 def loss_fn(model: nn.Module, arch: str, ids, mask, labels):
-    """Cross-entropy in the model's own dtype (transformers' built-in loss upcasts to
-    float32, whose rounding a forward difference would amplify by 1/eps)."""
+    """Cross-entropy in float64 for float64 models (transformers' built-in loss upcasts to
+    float32, whose rounding a forward difference would amplify by 1/eps), float32 else."""
 
     def closure():
         logits = model(input_ids=ids, attention_mask=mask).logits
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # a bf16 loss resolves only ~1% changes
         if arch == "bert":
             return nn.functional.cross_entropy(logits, labels)
         targets = labels.masked_fill(mask == 0, -100)[:, 1:]

@@ -15,6 +15,7 @@ This module knows nothing about how the bases are used (see `agzo.directions`).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,9 @@ class ActivationCapture:
         self._summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._token_rows: dict[int, torch.Tensor] = {}
         self._calls: dict[int, int] = {}
+        self._last_input: weakref.ref[torch.Tensor] | None = None
+        self._last_version = 0
+        self._last_summary: tuple[torch.Tensor, torch.Tensor] | None = None
         self._row_index: torch.Tensor | None = None
         self._row_index_mask: torch.Tensor | None = None
         self._row_index_device: torch.device | None = None
@@ -157,19 +161,44 @@ class ActivationCapture:
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             self._seen_mask = mask
 
+    def _shared_summary(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The summary of `x` if the previous hooked layer saw this very tensor.
+
+        Attention's q/k/v projections (and an MLP's gate/up) read the same input one after
+        another: its subspace is computed once and shared. Only a weak reference to the
+        last input is kept, so no activation outlives its forward pass, and the tensor's
+        version counter guards against in-place changes in between.
+        """
+        if self._last_input is None or self._last_input() is not x:
+            return None
+        if x._version != self._last_version:
+            return None
+        return self._last_summary
+
+    def _remember_input(self, x: torch.Tensor, summary: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._last_input = weakref.ref(x)
+        self._last_version = x._version
+        self._last_summary = summary
+
     def _linear_hook(self, tensor: TrainableTensor) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not args or not isinstance(args[0], torch.Tensor):
                 return
+            x = args[0]
             with torch.no_grad(), record_function("agzo.capture"):
-                h = self._real_rows(args[0].detach(), feature_dims=1)
-                if h.shape[0] == 0:
-                    return
-                # A layer run twice in one pass starts its second iteration afresh.
-                call = self._calls.get(tensor.index, 0)
-                self._calls[tensor.index] = call + 1
-                gen = generator_for(h.device, self.seed, tensor.index, STREAM_POWER_ITERATION, call)
-                summary = power_iteration(h, self.rank, self.power_steps, gen)
+                summary = self._shared_summary(x)
+                if summary is None:
+                    h = self._real_rows(x.detach(), feature_dims=1)
+                    if h.shape[0] == 0:
+                        return
+                    # A layer run twice in one pass starts its second iteration afresh.
+                    call = self._calls.get(tensor.index, 0)
+                    self._calls[tensor.index] = call + 1
+                    gen = generator_for(
+                        h.device, self.seed, tensor.index, STREAM_POWER_ITERATION, call
+                    )
+                    summary = power_iteration(h, self.rank, self.power_steps, gen)
+                    self._remember_input(x, summary)
                 previous = self._summaries.get(tensor.index)
                 if previous is not None:
                     summary = merge_bases(previous, summary)
@@ -211,6 +240,7 @@ class ActivationCapture:
             handle.remove()
         self._handles.clear()
         self._seen_mask = None
+        self._last_input = self._last_summary = None
 
     @property
     def result(self) -> CapturedSubspaces:

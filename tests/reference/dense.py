@@ -50,19 +50,44 @@ def _linear_kind(model: nn.Module, param: nn.Parameter) -> tuple[list[nn.Module]
 
 
 def record_inputs(model: nn.Module, modules: list[nn.Module], loss: Loss):
-    """Run `loss` once, returning its value and every listed module's full input."""
+    """Run `loss` once: its value, every listed module's inputs, and the calls in order."""
     inputs: dict[int, list[torch.Tensor]] = {id(m): [] for m in modules}
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args: inputs[id(mod)].append(args[0].detach()))
-        for m in modules
-    ]
+    calls: list[tuple[nn.Module, torch.Tensor]] = []
+
+    def record(module, args):
+        inputs[id(module)].append(args[0])
+        calls.append((module, args[0]))
+
+    handles = [m.register_forward_pre_hook(record) for m in modules]
     try:
         with torch.no_grad():
             value = float(loss())
     finally:
         for h in handles:
             h.remove()
-    return value, inputs
+    return value, inputs, calls
+
+
+def linear_bases(calls, index_of, step_seed, rank, steps, row_mask):
+    """Each linear tensor's basis, one power iteration per distinct input.
+
+    Layers called one after another on the very same input tensor (q/k/v, gate/up) share
+    the basis computed for the first of them, from that tensor's seed.
+    """
+    bases: dict[int, torch.Tensor] = {}
+    previous_input, previous_basis = None, None
+    for module, x in calls:
+        i = index_of[id(module)]
+        if x is previous_input:
+            bases[i] = previous_basis
+            continue
+        h = x.reshape(-1, x.shape[-1])
+        if row_mask is not None and h.shape[0] == row_mask.numel():
+            h = h[row_mask.reshape(-1).bool()]
+        gen = generator_for(h.device, step_seed, i, STREAM_POWER_ITERATION, 0)
+        bases[i] = plain_power_iteration(h, rank, steps, gen)
+        previous_input, previous_basis = x, bases[i]
+    return bases
 
 
 def plain_power_iteration(h: torch.Tensor, rank: int, steps: int, gen: torch.Generator):
@@ -108,7 +133,10 @@ def agzo_step(
         for m in model.modules()
         if isinstance(m, nn.Embedding) and any(m.weight is p for _, p in named_params)
     ]
-    f0, inputs = record_inputs(model, all_linears + embeddings, loss)
+    f0, inputs, calls = record_inputs(model, all_linears + embeddings, loss)
+    index_of = {id(m): i for i, (linears, _, _) in enumerate(kinds) for m in linears}
+    linear_calls = [(m, x) for m, x in calls if id(m) in index_of]
+    bases = linear_bases(linear_calls, index_of, step_seed, rank, power_steps, row_mask)
 
     deltas = []
     for i, ((_, param), (linears, conv, is_embedding)) in enumerate(zip(named_params, kinds)):
@@ -119,11 +147,7 @@ def agzo_step(
             continue
         delta = torch.zeros(param.shape, dtype=torch.float64)
         if linears:
-            h = torch.cat([x.reshape(-1, x.shape[-1]) for m in linears for x in inputs[id(m)]])
-            if row_mask is not None and h.shape[0] == row_mask.numel():
-                h = h[row_mask.reshape(-1).bool()]
-            gen = generator_for(dev, step_seed, i, STREAM_POWER_ITERATION, 0)
-            basis = plain_power_iteration(h, rank, power_steps, gen)
+            basis = bases[i]
             d_out = param.shape[1] if conv else param.shape[0]
             gen = generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
             r = torch.randn(d_out, basis.shape[1], generator=gen).double()
