@@ -19,6 +19,7 @@ from agzo.models import (
     TINY_CAUSAL_ARCHS,
     ModelLoadError,
     load_model,
+    save_model,
     tiny_causal_lm,
     tiny_encoder,
     tiny_tokenizer,
@@ -92,3 +93,11 @@ def smollm2() -> LoadedModel:
     except ModelLoadError as error:
         pytest.skip(str(error))
     return LoadedModel(model, tokenizer, time.perf_counter() - start)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and its tokenizer saved like a user's fine-tuned model."""
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    save_model(tiny_causal_lm("llama", seed=0), tiny_tokenizer(), path)
+    return path

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,26 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from agzo.cli import main
-from agzo.models import save_model, tiny_causal_lm, tiny_tokenizer
 from agzo.tasks import available_tasks
 from agzo.train import DEFAULT_TASK, TrainConfig
 from agzo.train.objective import CandidateScorer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread on a busy shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    save_model(tiny_causal_lm("llama", seed=0), tiny_tokenizer(), path)
-    return path
 
 
 def tiny_flags(model_dir: Path, output_dir: Path, steps: int = 4) -> list[str]:

@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from agzo.models import save_model, tiny_causal_lm, tiny_tokenizer
+from agzo.models import tiny_causal_lm, tiny_tokenizer
 from agzo.optim import AGZO
 from agzo.tasks import Example
 from agzo.train import (
@@ -41,24 +41,6 @@ from agzo.train.objective import CandidateScorer
 from agzo.train.optimizers import BUILDERS
 
 DEFAULT_THREADS = torch.get_num_threads()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread; several threads on a busy shared CPU spend
-    most of their time waiting for each other (5 s instead of 0.6 s per run here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama and its tokenizer saved like a user's fine-tuned model."""
-    path = tmp_path_factory.mktemp("models") / "tiny-llama"
-    save_model(tiny_causal_lm("llama", seed=0), tiny_tokenizer(), path)
-    return path
 
 
 def tiny_config(model_dir: Path, output_dir: Path, **changes: Any) -> TrainConfig:
@@ -487,7 +469,7 @@ def test_three_agzo_steps_on_smollm2(tmp_path: Path) -> None:
         output_dir=str(tmp_path / "run"),
         tensorboard=False,
     )
-    torch.set_num_threads(DEFAULT_THREADS)  # a real model uses every core (one_thread undone)
+    torch.set_num_threads(DEFAULT_THREADS)  # a real model uses every core (conftest pins 1)
     try:
         started = time.perf_counter()
         result = train(config)
