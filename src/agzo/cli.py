@@ -161,7 +161,6 @@ def _train(args: argparse.Namespace) -> int:
         values.update(load_config_file(args.config))
     values.update(flags)
     config = TrainConfig.from_dict(values, source=args.config or "flags")
-    _quiet_transformers()
     train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     return 0
 
@@ -190,7 +189,6 @@ def _eval(args: argparse.Namespace) -> int:
             values.pop(name, None)
     values.update(flags)
     config = TrainConfig.from_dict(values, source="flags")
-    _quiet_transformers()
     splits = ("dev", "test") if args.split == "both" else (args.split,)
     results = evaluate_model(config, weights=weights, splits=splits, quiet=args.quiet)
     for split, metrics in results.items():
@@ -242,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "handler", None) is None:
             parser.print_help(sys.stderr)
             return 2
+        _quiet_transformers()
         status: int = args.handler(args)
         return status
     except TrainingInterrupted as stop:
