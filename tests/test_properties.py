@@ -388,3 +388,23 @@ def test_layers_reading_the_same_input_share_one_basis() -> None:
     gate, up = (captured.bases[index[f"{layer}mlp.{p}_proj.weight"]] for p in ("gate", "up"))
     assert torch.equal(q, k) and torch.equal(q, v) and torch.equal(gate, up)
     assert q.shape == o.shape and not torch.allclose(q, o)
+
+
+def test_interrupted_update_leaves_no_tensor_perturbed() -> None:
+    model, closure = _setup("llama")
+    opt = agzo.AGZO(model, lr=0.0, eps=1e-2)  # lr 0: every tensor must end at W₀
+    before = _weights(model)
+    calls = {"n": 0}
+    original = opt._update_tensor
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        original(*args, **kwargs)
+
+    opt._update_tensor = interrupting  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(closure)
+    for p, w in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)

@@ -248,9 +248,18 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
 
     def _apply(self, probe: Probe, estimate: Estimate) -> None:
         groups = self._current_groups()
-        with record_function("agzo.update"):
-            for tensor, direction, group in zip(probe.tensors, probe.directions, groups):
-                self._update_tensor(tensor, direction, estimate, group)
+        done = 0
+        try:
+            with record_function("agzo.update"):
+                for tensor, direction, group in zip(probe.tensors, probe.directions, groups):
+                    self._update_tensor(tensor, direction, estimate, group)
+                    done += 1
+        except BaseException:
+            # Interrupted mid-update (Ctrl-C): tensors already stepped keep their step, the
+            # rest are moved back to W₀, so nothing is left perturbed.
+            for tensor, direction in zip(probe.tensors[done:], probe.directions[done:]):
+                direction.add_to(tensor.param.data, -estimate.offset)
+            raise
 
     def _update_tensor(
         self,
