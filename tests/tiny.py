@@ -9,49 +9,14 @@ VOCAB = 64
 
 
 def tiny_model(arch: str, seed: int = 0) -> nn.Module:
-    import transformers as tf
+    """agzo.models' tiny builders over a 64-token vocabulary; Qwen3 untied, so that the
+    head and the embedding are probed as separate tensors."""
+    from agzo.models import tiny_causal_lm, tiny_encoder
 
-    torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, num_hidden_layers=2)
-    if arch == "llama":
-        cfg = tf.LlamaConfig(
-            **common, intermediate_size=48, num_key_value_heads=2, tie_word_embeddings=True
-        )
-        model = tf.LlamaForCausalLM(cfg)
-    elif arch == "qwen3":
-        cfg = tf.Qwen3Config(
-            **common,
-            intermediate_size=48,
-            num_key_value_heads=2,
-            head_dim=8,
-            tie_word_embeddings=False,
-        )
-        model = tf.Qwen3ForCausalLM(cfg)
-    elif arch == "gpt2":
-        cfg = tf.GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=32,
-            n_head=4,
-            n_layer=2,
-            n_positions=64,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-        model = tf.GPT2LMHeadModel(cfg)
-    elif arch == "bert":
-        cfg = tf.BertConfig(
-            **common,
-            intermediate_size=48,
-            num_labels=2,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-        model = tf.BertForSequenceClassification(cfg)
-    else:
-        raise ValueError(arch)
-    model.eval()
-    return model
+    if arch == "bert":
+        return tiny_encoder("bert", seed=seed, vocab_size=VOCAB, num_labels=2)
+    overrides = {"tie_word_embeddings": False} if arch == "qwen3" else {}
+    return tiny_causal_lm(arch, seed=seed, vocab_size=VOCAB, **overrides)
 
 
 def batch(arch: str, seed: int = 1, n: int = 4, length: int = 10, pad: int = 0):
