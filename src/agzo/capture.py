@@ -57,11 +57,23 @@ def power_iteration(
     q = q.to(h.dtype)
     q = _orthonormalize(q)
     for _ in range(steps):
-        product = h.T @ (h @ q)
-        if not torch.isfinite(product).all() or product.abs().max() == 0:
-            break  # all-zero input (or overflow): keep the current basis
-        q = _orthonormalize(product)
+        q = _power_step(h, q)
     return q, (h @ q).norm(dim=0)
+
+
+def _power_step(h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """One step Q <- orth(Hᵀ H Q); an all-zero or overflowing product keeps Q.
+
+    The keep-or-replace choice is made on the device with `torch.where`: a Python `if`
+    on a tensor would wait for the GPU once per layer and step, and those waits, not
+    the arithmetic, dominated the capture's time on a GPU.
+    """
+    product = h.T @ (h @ q)
+    norm = torch.linalg.vector_norm(product)
+    usable = torch.isfinite(norm) & (norm > 0)
+    if q.shape[1] == 1:
+        return torch.where(usable, product / norm, q)
+    return _orthonormalize(torch.where(usable, product, q))
 
 
 def merge_bases(

@@ -1,0 +1,7 @@
+"""`python -m agzo` runs the `agzo` command."""
+
+import sys
+
+from agzo.cli import main
+
+sys.exit(main())
