@@ -443,3 +443,67 @@ def test_host_syncs_per_step_do_not_grow_with_depth(name: str) -> None:
         counts.append(counter.count)
     assert counts[0] == counts[1], f"host syncs per step at 1 and 4 layers: {counts}"
     assert counts[1] <= 12, counts  # losses, the mask, the batch's token rows
+
+
+@pytest.mark.parametrize("name", ["agzo", "mezo"])
+def test_low_precision_steps_in_row_chunks_match_whole_tensor_steps(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 weights are updated through float32 copies of a few rows at a time (so a big
+    embedding never gets a whole float32 copy); the chunking must not change a bit."""
+    import agzo.directions.base as base
+
+    results = []
+    for chunk in (base.CHUNK_ENTRIES, 48):
+        monkeypatch.setattr(base, "CHUNK_ENTRIES", chunk)
+        model, closure = _setup("llama", torch.bfloat16)
+        opt = OPTIMIZERS[name](model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bf16 precision warnings are not the point here
+            for _ in range(2):
+                opt.step(closure)
+        results.append(_weights(model))
+    assert any(p.numel() > 48 * 2 for p in results[0])  # the small chunks did split tensors
+    for chunked, whole in zip(results[1], results[0]):
+        assert torch.equal(chunked, whole)
+
+
+def test_precision_check_in_row_chunks_matches_the_whole_tensor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import agzo.directions.base as base
+    from agzo.directions.base import (
+        GaussianDirection,
+        LowRankDirection,
+        RowDirection,
+        SumDirection,
+    )
+    from agzo.estimator import vanishing_fraction
+
+    gen = torch.Generator().manual_seed(0)
+    param = (torch.randn(40, 6, generator=gen) * 10).to(torch.bfloat16)
+    shape = param.shape
+    directions = [
+        GaussianDirection(shape, torch.device("cpu"), (1, 2)),
+        LowRankDirection(torch.randn(40, 1, generator=gen), torch.randn(6, 1, generator=gen)),
+        RowDirection(shape, torch.tensor([3, 17, 39]), torch.device("cpu"), (3,)),
+        SumDirection(
+            [
+                RowDirection(shape, torch.tensor([0, 21]), torch.device("cpu"), (4,)),
+                LowRankDirection(torch.randn(40, 1, generator=gen), torch.randn(6, 1)),
+            ]
+        ),
+    ]
+    for direction in directions:
+        whole = vanishing_fraction(param, direction, 1e-2)
+        monkeypatch.setattr(base, "CHUNK_ENTRIES", 12)  # two rows per chunk
+        chunked = vanishing_fraction(param, direction, 1e-2)
+        monkeypatch.setattr(base, "CHUNK_ENTRIES", 1 << 22)
+        assert 0.0 < whole < 1.0
+        assert chunked == whole
+        torch.testing.assert_close(
+            torch.cat([direction.dense_rows(slice(i, i + 7)) for i in range(0, 40, 7)]),
+            direction.dense(),
+            rtol=0,
+            atol=0,
+        )

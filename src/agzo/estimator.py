@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.profiler import record_function
 
-from agzo.directions.base import Direction
+from agzo.directions.base import Direction, row_chunks
 from agzo.params import TrainableTensor
 
 Closure = Callable[[], "torch.Tensor | float"]
@@ -114,13 +114,17 @@ def two_sided(closure: Closure, probe: Probe, eps: float) -> Estimate:
 
 def vanishing_fraction(param: torch.Tensor, direction: Direction, eps: float) -> float:
     """Share of the entries probed by Δ that W + μΔ leaves unchanged in W's dtype."""
-    delta = direction.dense()
-    probed = delta != 0
-    if not probed.any():
-        return 0.0
-    shifted = (param.float() + eps * delta).to(param.dtype)
-    unchanged = (shifted == param) & probed
-    return float(unchanged.sum()) / float(probed.sum())
+    # Row by row, so that checking a large embedding costs no more memory than probing it.
+    whole = None if direction.cheap_rows else direction.dense()
+    unchanged = probed = 0
+    for rows in row_chunks(param.shape):
+        delta = whole[rows] if whole is not None else direction.dense_rows(rows)
+        weights = param[rows]
+        hit = delta != 0
+        shifted = (weights.float() + eps * delta).to(param.dtype)
+        unchanged += int(((shifted == weights) & hit).sum())
+        probed += int(hit.sum())
+    return unchanged / probed if probed else 0.0
 
 
 def check_precision(probe: Probe, eps: float, threshold: float = 0.5) -> None:

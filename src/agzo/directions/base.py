@@ -6,23 +6,42 @@ a seed for Gaussian noise, the small factors of a low-rank product, or the few r
 embedding lookup touched. `add_to` updates the weight in place; `dense` materializes Δ
 for the rare callers that need it (stateful update rules, gradient-alignment probes).
 
-Low-precision weights (bfloat16, float16) are updated through a float32 copy of one
-tensor at a time, so μΔ is formed in float32 and rounded once.
+Low-precision weights (bfloat16, float16) are updated through float32 copies of a few
+rows at a time (`row_chunks`), so μΔ is formed in float32 and rounded once, and no
+float32 copy of a whole tensor (a 150k-token embedding is 1.5 GB in float32) is made.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from types import EllipsisType
 
 import torch
 from torch.autograd.profiler import record_function
 
 from agzo.seeding import generator_for
 
+# Float32 working copies of low-precision weights are made this many entries at a time.
+CHUNK_ENTRIES = 1 << 22
+
+Rows = slice | EllipsisType
+
 
 def _is_low_precision(tensor: torch.Tensor) -> bool:
     return tensor.dtype in (torch.float16, torch.bfloat16)
+
+
+def row_chunks(shape: torch.Size) -> Iterator[Rows]:
+    """Leading-dimension slices of about CHUNK_ENTRIES entries each (`...`: all at once)."""
+    numel = shape.numel()
+    if len(shape) == 0 or numel <= CHUNK_ENTRIES:
+        yield ...
+        return
+    per_row = max(1, numel // shape[0])
+    step = max(1, CHUNK_ENTRIES // per_row)
+    for start in range(0, shape[0], step):
+        yield slice(start, min(shape[0], start + step))
 
 
 class Direction(ABC):
@@ -38,6 +57,14 @@ class Direction(ABC):
     def dense(self) -> torch.Tensor:
         """Δ as a float32 tensor of the parameter's shape."""
 
+    # Whether `dense_rows` costs in proportion to the rows asked for; a direction that
+    # must draw all of Δ to give any part of it says False.
+    cheap_rows = True
+
+    def dense_rows(self, rows: Rows) -> torch.Tensor:
+        """Δ[rows] in float32."""
+        return self.dense()[rows]
+
 
 class ZeroDirection(Direction):
     """No probe: for a layer that did not take part in the forward pass (zero gradient)."""
@@ -51,6 +78,10 @@ class ZeroDirection(Direction):
 
     def dense(self) -> torch.Tensor:
         return torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+
+    def dense_rows(self, rows: Rows) -> torch.Tensor:
+        shape = torch.empty(self.shape, device="meta")[rows].shape
+        return torch.zeros(shape, dtype=torch.float32, device=self.device)
 
 
 class GaussianDirection(Direction):
@@ -66,10 +97,14 @@ class GaussianDirection(Direction):
             gen = generator_for(self.device, *self.seed_parts)
             return torch.randn(self.shape, generator=gen, dtype=torch.float32, device=self.device)
 
+    cheap_rows = False  # z is drawn whole from one seed
+
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         z = self.dense()
         if _is_low_precision(param):
-            param.copy_(param.float().add_(z, alpha=alpha))
+            for rows in row_chunks(param.shape):
+                part = param[rows]
+                part.copy_(part.float().add_(z[rows], alpha=alpha))
         else:
             param.add_(z.to(param.dtype), alpha=alpha)
 
@@ -104,10 +139,16 @@ class LowRankDirection(Direction):
         a, b = self._factors()
         return a @ b.T
 
+    def dense_rows(self, rows: Rows) -> torch.Tensor:
+        a, b = self._factors()
+        return a[rows] @ b.T
+
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         a, b = self._factors()
         if _is_low_precision(param):
-            param.copy_(torch.addmm(param.float(), a, b.T, alpha=alpha))
+            for rows in row_chunks(param.shape):
+                part = param[rows]
+                part.copy_(torch.addmm(part.float(), a[rows], b.T, alpha=alpha))
         elif a.shape[1] == 1:
             # Rank one: an outer-product update reads and writes the weight once.
             param.addr_(a[:, 0].to(param.dtype), b[:, 0].to(param.dtype), alpha=alpha)
@@ -141,6 +182,15 @@ class RowDirection(Direction):
         out.index_copy_(0, self.rows, self.values())
         return out
 
+    def dense_rows(self, rows: Rows) -> torch.Tensor:
+        if not isinstance(rows, slice):
+            return self.dense()
+        start, stop, _ = rows.indices(self.shape[0])
+        out = torch.zeros((stop - start, *self.shape[1:]), dtype=torch.float32, device=self.device)
+        inside = (self.rows >= start) & (self.rows < stop)
+        out.index_copy_(0, self.rows[inside] - start, self.values()[inside])
+        return out
+
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         values = self.values()
         if _is_low_precision(param):
@@ -162,10 +212,20 @@ class SumDirection(Direction):
         self.parts = list(parts)
         self.shape = parts[0].shape
 
+    @property
+    def cheap_rows(self) -> bool:  # type: ignore[override]
+        return all(part.cheap_rows for part in self.parts)
+
     def dense(self) -> torch.Tensor:
         total = self.parts[0].dense()
         for part in self.parts[1:]:
             total += part.dense()
+        return total
+
+    def dense_rows(self, rows: Rows) -> torch.Tensor:
+        total = self.parts[0].dense_rows(rows)
+        for part in self.parts[1:]:
+            total += part.dense_rows(rows)
         return total
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
