@@ -63,7 +63,8 @@ def main() -> None:
         print()
         print(format_memory(rows))
         agzo_row = next(r for r in rows if r.config == "agzo")
-        print(f"\nAGZO peak / inference peak: {agzo_row.ratio_to_inference:.3f} (target <= 1.05)")
+        ratio = agzo_row.ratio_to_inference or float("nan")  # nan: a worker failed
+        print(f"\nAGZO peak / inference peak: {ratio:.3f} (target <= 1.05)")
         result["memory"] = [vars(r) for r in rows]
     if args.json:
         with open(args.json, "w") as f:

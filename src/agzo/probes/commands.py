@@ -152,29 +152,37 @@ def _check_choices(kind: str, given: list[str], valid: Sequence[str]) -> None:
 
 
 def _memory(args: argparse.Namespace, out: Path) -> int:
-    from agzo.probes.memory import CONFIGS, format_memory, measure_memory, plot_memory
+    from agzo.probes.memory import (
+        CONFIGS,
+        MemoryRow,
+        format_memory,
+        measure_memory,
+        plot_memory,
+    )
     from agzo.probes.shapes import SHAPES
 
     _check_choices("shape", [args.shape], list(SHAPES))
     _check_choices("config", _csv(args.configs), CONFIGS)
 
-    rows = measure_memory(
-        args.shape,
-        args.batch,
-        args.seq,
-        tuple(_csv(args.configs)),
-        args.dtype,
-        args.device,
-        on_row=lambda r: print(
-            f"  {r.config} batch {r.batch} seq {r.seq}: {r.peak_bytes / 2**20:.0f} MiB",
-            file=sys.stderr,
-        ),
-    )
-    (out / "memory.json").write_text(
-        json.dumps(
-            {"shape": args.shape, "device": args.device, "rows": [vars(r) for r in rows]}, indent=2
+    done: list[MemoryRow] = []
+
+    def record(row: MemoryRow) -> None:
+        # Written after every configuration: a sweep stopped midway keeps what it measured.
+        done.append(row)
+        peak = (
+            "failed: " + str(row.error)
+            if row.peak_bytes is None
+            else f"{row.peak_bytes / 2**20:.0f} MiB"
         )
-    )
+        print(f"  {row.config} batch {row.batch} seq {row.seq}: {peak}", file=sys.stderr)
+        payload = {"shape": args.shape, "dtype": args.dtype, "device": args.device,
+                   "rows": [vars(r) for r in done]}  # fmt: skip
+        (out / "memory.json").write_text(json.dumps(payload, indent=2))
+
+    rows = measure_memory(
+        args.shape, args.batch, args.seq, tuple(_csv(args.configs)), args.dtype, args.device,
+        on_row=record,
+    )  # fmt: skip
     plot_memory(rows, str(out / "memory.png"))
     print(format_memory(rows))
     print(f"wrote {out / 'memory.json'} and {out / 'memory.png'}")

@@ -75,8 +75,9 @@ class MemoryRow:
     config: str
     batch: int
     seq: int
-    peak_bytes: int
-    ratio_to_inference: float
+    peak_bytes: int | None  # None: the worker failed (see `error`)
+    ratio_to_inference: float | None
+    error: str | None = None
 
 
 def measure_memory(
@@ -99,28 +100,34 @@ def measure_memory(
                     "--dtype", dtype, "--device", device,
                 ]  # fmt: skip
                 done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise RuntimeError(
-                        f"memory worker {config} (batch {batch}, seq {seq}) failed:\n"
-                        + done.stderr[-2000:]
-                    )
-                peaks[config] = json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
-                row = MemoryRow(
-                    config, batch, seq, peaks[config], peaks[config] / peaks["inference"]
-                )
+                if done.returncode == 0:
+                    peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
+                    peaks[config] = peak
+                    base = peaks.get("inference")
+                    row = MemoryRow(config, batch, seq, peak, peak / base if base else None)
+                else:
+                    # A configuration that does not fit is a result, not a reason to stop.
+                    row = MemoryRow(config, batch, seq, None, None, _failure(done.stderr))
                 rows.append(row)
                 if callable(on_row):
                     on_row(row)
     return rows
 
 
+def _failure(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "no output"
+    return "out of memory" if "out of memory" in stderr.lower() else last[-200:]
+
+
 def format_memory(rows: list[MemoryRow]) -> str:
     lines = [f"{'config':<10}{'batch':>6}{'seq':>6}{'peak MiB':>10}{'/ inference':>13}"]
     for r in rows:
-        lines.append(
-            f"{r.config:<10}{r.batch:>6}{r.seq:>6}{r.peak_bytes / 2**20:>10.0f}"
-            f"{r.ratio_to_inference:>13.3f}"
-        )
+        if r.peak_bytes is None:
+            lines.append(f"{r.config:<10}{r.batch:>6}{r.seq:>6}  failed: {r.error}")
+            continue
+        ratio = "" if r.ratio_to_inference is None else f"{r.ratio_to_inference:>13.3f}"
+        lines.append(f"{r.config:<10}{r.batch:>6}{r.seq:>6}{r.peak_bytes / 2**20:>10.0f}{ratio}")
     return "\n".join(lines)
 
 
@@ -132,10 +139,10 @@ def plot_memory(rows: list[MemoryRow], path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for config in dict.fromkeys(r.config for r in rows):
-        mine = [r for r in rows if r.config == config]
+        mine = [r for r in rows if r.config == config and r.peak_bytes is not None]
         ax.plot(
             [f"{r.batch}x{r.seq}" for r in mine],
-            [r.peak_bytes / 2**20 for r in mine],
+            [(r.peak_bytes or 0) / 2**20 for r in mine],
             marker="o",
             label=config,
         )
