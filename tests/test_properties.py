@@ -507,3 +507,13 @@ def test_precision_check_in_row_chunks_matches_the_whole_tensor(
             rtol=0,
             atol=0,
         )
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_power_iteration_keeps_its_start_on_zero_or_overflowing_input(rank: int) -> None:
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    start, _ = power_iteration(torch.ones(4, 6), rank, 0, gen())  # the random start alone
+    for bad in (torch.zeros(4, 6), torch.full((4, 6), torch.inf)):
+        basis, _ = power_iteration(bad, rank, 3, gen())
+        assert torch.isfinite(basis).all()
+        torch.testing.assert_close(basis, start)

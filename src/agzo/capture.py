@@ -70,7 +70,7 @@ def _power_step(h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """
     product = h.T @ (h @ q)
     norm = torch.linalg.vector_norm(product)
-    usable = torch.isfinite(norm) & (norm > 0)
+    usable = (norm > 0) & (norm < torch.inf)  # False for NaN too; cheaper than isfinite
     if q.shape[1] == 1:
         return torch.where(usable, product / norm, q)
     return _orthonormalize(torch.where(usable, product, q))
