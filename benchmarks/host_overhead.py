@@ -32,7 +32,6 @@ NO_KERNEL = frozenset(
         *("_record_function_enter_new", "_record_function_exit"),
     }
 )
-)
 
 
 class OperatorCounter(TorchDispatchMode):
