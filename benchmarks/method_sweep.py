@@ -238,7 +238,7 @@ def plot(chosen: dict[str, float], seeds: list[int], results: dict[RunSpec, RunR
         runs = [results[s] for seed in seeds if (s := RunSpec(method, lr, seed)) in results]
         if not runs:
             continue
-        label = f"{method} lr {lr:g} ({len(runs)} seeds)"
+        label = f"{method} lr {lr:g} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
         steps, _ = runs[0].curve("train", "loss")
         losses = [_smoothed(r.curve("train", "loss")[1], window) for r in runs]
         n = min(len(x) for x in losses)

@@ -96,7 +96,7 @@ def test_defaults_and_method_resolution() -> None:
         1e-3,
     )
     mezo = TrainConfig(optimizer="MeZO").resolved()
-    assert mezo["optimizer"] == "mezo" and mezo["lr"] == 1e-6
+    assert mezo["optimizer"] == "mezo" and mezo["lr"] == DEFAULT_LR["mezo"] == 3e-6
     assert mezo["rank"] is None and mezo["two_sided"] is True
     assert TrainConfig(optimizer="lozo").resolved()["rank"] == 2
     assert TrainConfig(optimizer="fo-adamw", lr=2e-5).learning_rate == 2e-5
