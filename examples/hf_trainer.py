@@ -5,7 +5,7 @@ first-order training (the import, the class name, the method and its eps).
 
     python examples/hf_trainer.py                          # tiny random model, seconds on CPU
     python examples/hf_trainer.py --model smollm2-135m --steps 100
-    python examples/hf_trainer.py --method mezo --lr 1e-6 --grad-accum 2
+    python examples/hf_trainer.py --method mezo --lr 3e-6 --grad-accum 2
 
 The data is a dozen in-code sentences; the script prints the evaluation loss on them
 before and after training.

@@ -1,7 +1,7 @@
 """The `agzo` command: train, evaluate, list tasks.
 
     agzo train                                   # the embedded default run (SmolLM2 + AGZO)
-    agzo train --optimizer mezo --lr 1e-6 --steps 500 --output-dir runs/mezo
+    agzo train --optimizer mezo --lr 3e-6 --steps 500 --output-dir runs/mezo
     agzo train --config run.yaml --seed 1        # flags override the file
     agzo train --resume --output-dir runs/mezo --steps 1000
     agzo train --task custom --data-file reviews.jsonl \\

@@ -356,7 +356,7 @@ class MeZO(ZerothOrderOptimizer):
     def __init__(
         self,
         params: ParamsLike,
-        lr: float = 1e-6,
+        lr: float = 3e-6,
         eps: float = 1e-3,
         two_sided: bool = True,
         **kwargs: Any,
@@ -377,7 +377,7 @@ class LOZO(ZerothOrderOptimizer):
     def __init__(
         self,
         params: ParamsLike,
-        lr: float = 1e-6,
+        lr: float = 3e-6,
         eps: float = 1e-3,
         rank: int = 2,
         refresh_every: int = 50,
