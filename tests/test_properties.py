@@ -510,10 +510,11 @@ def test_precision_check_in_row_chunks_matches_the_whole_tensor(
 
 
 @pytest.mark.parametrize("rank", [1, 3])
-def test_power_iteration_keeps_its_start_on_zero_or_overflowing_input(rank: int) -> None:
-    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    start, _ = power_iteration(torch.ones(4, 6), rank, 0, gen())  # the random start alone
+def test_power_iteration_gives_no_probe_for_zero_or_overflowing_input(rank: int) -> None:
+    """A layer whose input is all zero has a zero gradient; one that overflowed cannot be
+    trusted: either way its basis is zero (no probe), never NaN."""
     for bad in (torch.zeros(4, 6), torch.full((4, 6), torch.inf)):
-        basis, _ = power_iteration(bad, rank, 3, gen())
-        assert torch.isfinite(basis).all()
-        torch.testing.assert_close(basis, start)
+        basis, norms = power_iteration(bad, rank, 3, torch.Generator().manual_seed(5))
+        assert basis.shape == (6, rank) and basis.dtype == norms.dtype == torch.float32
+        assert torch.equal(basis, torch.zeros_like(basis))
+        assert torch.equal(norms, torch.zeros_like(norms))  # merges with another call cleanly

@@ -47,7 +47,8 @@ def power_iteration(
 
     Starts from a Gaussian drawn from `generator` and repeats `Q = qr(Hᵀ(H Q))` `steps`
     times. Returns the basis and the norms ‖H q_j‖ (singular-value estimates), which
-    let bases from several calls of the same layer be merged.
+    let bases from several calls of the same layer be merged. An all-zero input (its
+    layer's gradient is zero) or an overflowing one gives a zero basis: no probe.
     """
     # float32 at least (bf16 products lose the subspace); float64 inputs stay float64.
     h = h.to(torch.promote_types(h.dtype, torch.float32))
@@ -55,25 +56,28 @@ def power_iteration(
     rank = min(rank, d)
     q = torch.randn(d, rank, generator=generator, dtype=torch.float32, device=h.device)
     q = q.to(h.dtype)
-    q = _orthonormalize(q)
+    if steps == 0:
+        q = _orthonormalize(q)
+        return q, (h @ q).norm(dim=0)
+    # The start is not orthonormalized: the first step's QR gives the same basis either
+    # way (the Q factor of M R⁻¹, R triangular with a positive diagonal, is M's).
+    # Every operation here is one kernel launch, and on a GPU the launches, not the
+    # arithmetic, are what a small model's capture costs; a Python `if` on a tensor
+    # would also wait for the GPU, so the zero/overflow check is a `torch.where`.
     for _ in range(steps):
-        q = _power_step(h, q)
-    return q, (h @ q).norm(dim=0)
-
-
-def _power_step(h: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """One step Q <- orth(Hᵀ H Q); an all-zero or overflowing product keeps Q.
-
-    The keep-or-replace choice is made on the device with `torch.where`: a Python `if`
-    on a tensor would wait for the GPU once per layer and step, and those waits, not
-    the arithmetic, dominated the capture's time on a GPU.
-    """
-    product = h.T @ (h @ q)
-    norm = torch.linalg.vector_norm(product)
-    usable = (norm > 0) & (norm < torch.inf)  # False for NaN too; cheaper than isfinite
-    if q.shape[1] == 1:
-        return torch.where(usable, product / norm, q)
-    return _orthonormalize(torch.where(usable, product, q))
+        product = h.T @ (h @ q)
+        norm = torch.linalg.vector_norm(product)
+        if rank == 1:
+            q = product / norm.clamp_min(torch.finfo(q.dtype).tiny)
+        else:
+            q = _orthonormalize(product)
+    # A zero product stays zero and a non-finite one stays non-finite through later
+    # steps, so checking the last one is enough. NaN compares False.
+    usable = (norm > 0) & (norm < torch.inf)
+    # Where `usable` is False it is also the zero to fill in (a scalar 0.0 would cost a
+    # kernel of its own to become a tensor).
+    q = torch.where(usable, q, usable)
+    return q, torch.where(usable, (h @ q).norm(dim=0), usable)
 
 
 def merge_bases(
