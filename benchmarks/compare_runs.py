@@ -1,7 +1,7 @@
 """Compare finished `agzo train` runs: one table, loss and dev-accuracy curves in one plot.
 
     python benchmarks/compare_runs.py runs/sst2-agzo runs/sst2-mezo runs/sst2-fo-adamw \
-        --plot docs/figures/sst2-comparison.png
+        --plot runs/comparison.png
 
 Reads each run's summary.json and metrics.jsonl; prints a Markdown table (zero-shot and
 final test metric, best step, seconds per step) ready for docs/RESULTS.md.
