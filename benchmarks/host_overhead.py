@@ -13,43 +13,12 @@ launches); the counts do not depend on the machine.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
-from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from agzo.probes.dispatch import OperatorCounter
 from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
 from agzo.probes.speed import make_step
-
-SYNCING = ("_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "masked_select")
-# Operators that only make a new view of existing memory or do bookkeeping: no kernel.
-NO_KERNEL = frozenset(
-    {
-        *("view", "_unsafe_view", "reshape", "select", "slice", "t", "transpose", "permute"),
-        *("expand", "unsqueeze", "squeeze", "as_strided", "detach", "alias", "lift_fresh"),
-        *("promote_types", "result_type", "empty", "empty_like", "split", "chunk", "unbind"),
-        *("_record_function_enter_new", "_record_function_exit"),
-    }
-)
-
-
-class OperatorCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: Counter[str] = Counter()
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        self.ops[func.__name__.split(".")[0]] += 1
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def launches(self) -> int:
-        return sum(c for name, c in self.ops.items() if name not in NO_KERNEL)
-
-    @property
-    def syncs(self) -> int:
-        return sum(self.ops[name] for name in SYNCING)
 
 
 def main() -> None:
@@ -78,8 +47,8 @@ def main() -> None:
         ratio = total / forwards.launches
         print(f"{method:<14}{total:>10}{ratio:>9.2f}{counter.syncs:>7}")
         if args.top:
-            kernels = Counter({n: c for n, c in counter.ops.items() if n not in NO_KERNEL})
-            print("   " + ", ".join(f"{n} {c}" for n, c in kernels.most_common(args.top)))
+            top = counter.kernels.most_common(args.top)
+            print("   " + ", ".join(f"{n} {c}" for n, c in top))
 
 
 if __name__ == "__main__":

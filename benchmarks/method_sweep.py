@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compare_runs import smoothed  # the sibling script: one smoothing for both reports
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -240,7 +242,7 @@ def plot(chosen: dict[str, float], seeds: list[int], results: dict[RunSpec, RunR
             continue
         label = f"{method} lr {lr:g} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
         steps, _ = runs[0].curve("train", "loss")
-        losses = [_smoothed(r.curve("train", "loss")[1], window) for r in runs]
+        losses = [smoothed(r.curve("train", "loss")[1], window) for r in runs]
         n = min(len(x) for x in losses)
         top.plot(steps[:n], [statistics.fmean(x[i] for x in losses) for i in range(n)], label=label)
         dev_steps, _ = runs[0].curve("dev", runs[0].metric)
@@ -260,10 +262,6 @@ def plot(chosen: dict[str, float], seeds: list[int], results: dict[RunSpec, RunR
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _smoothed(values: list[float], window: int) -> list[float]:
-    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from torch import nn
 import agzo
 from agzo.capture import ActivationCapture, power_iteration
 from agzo.directions import ProbeContext
+from agzo.probes.dispatch import OperatorCounter
 from agzo.seeding import derive_seed
 from tests.tiny import batch, loss_fn, tiny_model
 
@@ -410,22 +411,6 @@ def test_interrupted_update_leaves_no_tensor_perturbed() -> None:
         torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
 
 
-class _HostSyncCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the ops that make a GPU wait for the host: Python scalars read off a tensor
-    and ops whose output size depends on the data."""
-
-    SYNCING = ("_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "masked_select")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func.__name__.split(".")[0] in self.SYNCING:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("name", ["agzo", "mezo", "lozo"])
 def test_host_syncs_per_step_do_not_grow_with_depth(name: str) -> None:
     """A step may read its losses, but no layer may add a host sync (on a GPU each one
@@ -438,9 +423,9 @@ def test_host_syncs_per_step_do_not_grow_with_depth(name: str) -> None:
         closure = loss_fn(model, "llama", ids, mask, labels)
         opt = OPTIMIZERS[name](model)
         opt.step(closure)  # the first step also checks precision
-        with _HostSyncCounter() as counter:
+        with OperatorCounter() as counter:
             opt.step(closure)
-        counts.append(counter.count)
+        counts.append(counter.syncs)
     assert counts[0] == counts[1], f"host syncs per step at 1 and 4 layers: {counts}"
     assert counts[1] <= 12, counts  # losses, the mask, the batch's token rows
 
