@@ -58,13 +58,10 @@ class SGD(UpdateRule):
 
 
 def _restored_gradient(
-    param: torch.Tensor, direction: Direction, offset: float, g: float, weight_decay: float
+    param: torch.Tensor, direction: Direction, offset: float, g: float
 ) -> torch.Tensor:
     direction.add_to(param, -offset)
-    grad = direction.dense().mul_(g)
-    if weight_decay:
-        grad.add_(param.float(), alpha=weight_decay)
-    return grad
+    return direction.dense().mul_(g)
 
 
 def _write(param: torch.Tensor, value: torch.Tensor) -> None:
@@ -72,7 +69,7 @@ def _write(param: torch.Tensor, value: torch.Tensor) -> None:
 
 
 class Momentum(UpdateRule):
-    """Heavy ball on the estimate: m ← βm + g·Δ; W ← W − ηm."""
+    """Heavy ball on the estimate: m ← βm + g·Δ; W ← W(1 − ηλ) − ηm (decoupled decay)."""
 
     name = "momentum"
 
@@ -91,13 +88,16 @@ class Momentum(UpdateRule):
         weight_decay: float,
         state: dict[str, Any],
     ) -> None:
-        grad = _restored_gradient(param, direction, offset, g, weight_decay)
+        grad = _restored_gradient(param, direction, offset, g)
         buf = state.get("momentum_buffer")
         if buf is None:
             buf = state["momentum_buffer"] = grad
         else:
             buf.mul_(self.beta).add_(grad)
-        _write(param, param.float().add_(buf, alpha=-lr))
+        weights = param.float()
+        if weight_decay:
+            weights.mul_(1 - lr * weight_decay)
+        _write(param, weights.add_(buf, alpha=-lr))
 
 
 class Adam(UpdateRule):
@@ -121,7 +121,7 @@ class Adam(UpdateRule):
         weight_decay: float,
         state: dict[str, Any],
     ) -> None:
-        grad = _restored_gradient(param, direction, offset, g, weight_decay=0.0)
+        grad = _restored_gradient(param, direction, offset, g)
         beta1, beta2 = self.betas
         if "exp_avg" not in state:
             state["step"] = 0
