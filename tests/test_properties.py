@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import agzo
-from agzo.capture import ActivationCapture, power_iteration
+from agzo.core.transforms import Transform
 from agzo.directions import ProbeContext
+from agzo.observe import ActivationCapture, power_iteration
 from agzo.probes.dispatch import OperatorCounter
 from agzo.seeding import derive_seed
 from tests.tiny import batch, loss_fn, tiny_model
@@ -95,7 +96,7 @@ def test_agzo_probe_lies_in_the_captured_subspace() -> None:
     model, closure = _setup("qwen3")
     opt = agzo.AGZO(model, lr=1e-2, eps=1e-3, rank=2)
     captured = _captured(model, closure, opt.tensors)
-    probe = opt.probe(ProbeContext(0, derive_seed(0, 0), 0, captured=captured))
+    probe = opt.probe(ProbeContext(0, derive_seed(0, 0), 0, observed=captured))
     checked = 0
     for tensor, direction in zip(probe.tensors, probe.directions):
         if not tensor.is_linear_weight or tensor.is_embedding:
@@ -115,7 +116,7 @@ def test_embedding_probe_touches_only_rows_of_batch_tokens() -> None:
     ids, _, _ = batch("qwen3", pad=0)
     opt = agzo.AGZO(model, lr=1e-2, eps=1e-3)
     captured = _captured(model, closure, opt.tensors)
-    probe = opt.probe(ProbeContext(0, 1, 0, captured=captured))
+    probe = opt.probe(ProbeContext(0, 1, 0, observed=captured))
     table = next(i for i, t in enumerate(probe.tensors) if t.is_embedding)
     delta = probe.directions[table].dense()
     touched = set((delta.abs().sum(1) > 0).nonzero().flatten().tolist())
@@ -179,9 +180,9 @@ def _expected_cosine(model, closure, make_opt, draws: int) -> float:
     for seed in range(draws):
         opt = make_opt(model, seed)
         captured = None
-        if opt.sampler.needs_capture:
+        if opt.sampler.observes_model:
             captured = _captured(model, closure, opt.tensors, rank=1, steps=3)
-        probe = opt.probe(ProbeContext(0, derive_seed(seed, 0), seed, captured=captured))
+        probe = opt.probe(ProbeContext(0, derive_seed(seed, 0), seed, observed=captured))
         delta = torch.cat([d.dense().reshape(-1) for d in probe.directions])
         estimate = (true @ delta) * delta  # the μ→0 limit of g·Δ
         cosines.append(float(torch.nn.functional.cosine_similarity(estimate, true, dim=0)))
@@ -391,20 +392,32 @@ def test_layers_reading_the_same_input_share_one_basis() -> None:
     assert q.shape == o.shape and not torch.allclose(q, o)
 
 
-def test_interrupted_update_leaves_no_tensor_perturbed() -> None:
-    model, closure = _setup("llama")
-    opt = agzo.AGZO(model, lr=0.0, eps=1e-2)  # lr 0: every tensor must end at W₀
-    before = _weights(model)
-    calls = {"n": 0}
-    original = opt._update_tensor
+class _InterruptingTransform(Transform):
+    """Delegates to `inner`, but raises KeyboardInterrupt at the `at`-th tensor."""
 
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
+    def __init__(self, inner: Transform, at: int) -> None:
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def __call__(self, update, param, state, group):
+        self.calls += 1
+        if self.calls == self.at:
             raise KeyboardInterrupt
-        original(*args, **kwargs)
+        return self.inner(update, param, state, group)
 
-    opt._update_tensor = interrupting  # type: ignore[method-assign]
+    @property
+    def stateless(self) -> bool:
+        return self.inner.stateless
+
+    def reads_group_weight_decay(self) -> bool:
+        return self.inner.reads_group_weight_decay()
+
+
+@pytest.mark.parametrize("update", ["sgd", "adam"])
+def test_interrupted_update_leaves_no_tensor_perturbed(update: str) -> None:
+    model, closure = _setup("llama")
+    opt = agzo.AGZO(model, lr=0.0, eps=1e-2, update=update)  # lr 0: all must end at W₀
+    before = _weights(model)
+    opt.transform = _InterruptingTransform(opt.transform, at=4)
     with pytest.raises(KeyboardInterrupt):
         opt.step(closure)
     for p, w in zip(model.parameters(), before):
@@ -457,13 +470,13 @@ def test_precision_check_in_row_chunks_matches_the_whole_tensor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import agzo.directions.base as base
+    from agzo.core.estimator import vanishing_fraction
     from agzo.directions.base import (
         GaussianDirection,
         LowRankDirection,
         RowDirection,
         SumDirection,
     )
-    from agzo.estimator import vanishing_fraction
 
     gen = torch.Generator().manual_seed(0)
     param = (torch.randn(40, 6, generator=gen) * 10).to(torch.bfloat16)

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from agzo import AGZO
 from agzo.models import tiny_causal_lm, tiny_tokenizer
-from agzo.optim import AGZO
 from agzo.tasks import Example
 from agzo.train import (
     DEFAULT_LR,

@@ -1,8 +1,9 @@
 """Forward-only fine-tuning of language models: AGZO, MeZO, LOZO."""
 
-from agzo.capture import ActivationCapture, power_iteration
-from agzo.estimator import NonFiniteLossError, PrecisionWarning
-from agzo.optim import AGZO, LOZO, MeZO, SkippedStepWarning, ZerothOrderOptimizer
+from agzo.core.estimator import NonFiniteLossError, PrecisionWarning
+from agzo.core.optimizer import SkippedStepWarning, ZerothOrderOptimizer
+from agzo.methods import AGZO, LOZO, MeZO
+from agzo.observe import ActivationCapture, power_iteration
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ table. Every other tensor (norms, biases) gets a Gaussian probe.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -27,7 +27,8 @@ from agzo.directions.base import (
 )
 from agzo.directions.gaussian import gaussian_direction
 from agzo.directions.low_rank import low_rank_dims
-from agzo.directions.sampler import DirectionSampler, ProbeContext
+from agzo.directions.sampler import DirectionSampler, ObservationContext, ProbeContext
+from agzo.observe import ActivationCapture, CapturedSubspaces
 from agzo.params import TrainableTensor
 from agzo.seeding import STREAM_PERTURBATION, generator_for
 
@@ -36,14 +37,43 @@ EMBEDDING_MODES: tuple[str, ...] = ("activation", "gaussian")
 
 
 class ActivationSampler(DirectionSampler):
-    needs_capture = True
+    """Probes inside each linear layer's top-`rank` input subspace, found by `power_steps`
+    power-iteration steps while the unperturbed pass runs (its own observation)."""
 
-    def __init__(self, embedding_mode: EmbeddingMode = "activation") -> None:
+    observes_model = True
+
+    def __init__(
+        self, rank: int = 1, power_steps: int = 3, embedding_mode: EmbeddingMode = "activation"
+    ) -> None:
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if power_steps < 0:
+            raise ValueError(f"power_steps must be >= 0, got {power_steps}")
         if embedding_mode not in EMBEDDING_MODES:
             raise ValueError(
                 f"embedding_mode must be one of {EMBEDDING_MODES}, got {embedding_mode!r}"
             )
+        self.rank = rank
+        self.power_steps = power_steps
         self.embedding_mode = embedding_mode
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "power_steps": self.power_steps,
+            "embedding_mode": self.embedding_mode,
+        }
+
+    def observer(self, context: ObservationContext) -> ActivationCapture:
+        return ActivationCapture(
+            context.tensors,
+            self.rank,
+            self.power_steps,
+            context.step_seed,
+            root=context.model,
+            attention_mask=context.attention_mask,
+            reducer=context.reducer,
+        )
 
     def _linear_part(
         self, tensor: TrainableTensor, basis: torch.Tensor, ctx: ProbeContext
@@ -63,10 +93,11 @@ class ActivationSampler(DirectionSampler):
         return RowDirection(tensor.param.shape, rows, tensor.param.device, seed_parts)
 
     def sample(self, tensor: TrainableTensor, ctx: ProbeContext) -> Direction:
-        if ctx.captured is None:
-            raise RuntimeError("ActivationSampler needs the subspaces of a captured forward pass")
-        basis = ctx.captured.bases.get(tensor.index)
-        rows = ctx.captured.token_rows.get(tensor.index)
+        observed = ctx.observed
+        if not isinstance(observed, CapturedSubspaces):
+            raise RuntimeError("ActivationSampler needs the subspaces of its observed forward pass")
+        basis = observed.bases.get(tensor.index)
+        rows = observed.token_rows.get(tensor.index)
 
         if tensor.is_embedding:
             if self.embedding_mode == "gaussian":

@@ -14,7 +14,7 @@ float32 copy of a whole tensor (a 150k-token embedding is 1.5 GB in float32) is 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from types import EllipsisType
 
 import torch
@@ -28,7 +28,7 @@ CHUNK_ENTRIES = 1 << 22
 Rows = slice | EllipsisType
 
 
-def _is_low_precision(tensor: torch.Tensor) -> bool:
+def is_low_precision(tensor: torch.Tensor) -> bool:
     return tensor.dtype in (torch.float16, torch.bfloat16)
 
 
@@ -64,6 +64,10 @@ class Direction(ABC):
     def dense_rows(self, rows: Rows) -> torch.Tensor:
         """Δ[rows] in float32."""
         return self.dense()[rows]
+
+    def add_rows_into(self, target: torch.Tensor, rows: Rows, alpha: float) -> None:
+        """target += alpha * Δ[rows], for a float32 working copy of those rows."""
+        target.add_(self.dense_rows(rows), alpha=alpha)
 
 
 class ZeroDirection(Direction):
@@ -101,7 +105,7 @@ class GaussianDirection(Direction):
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         z = self.dense()
-        if _is_low_precision(param):
+        if is_low_precision(param):
             for rows in row_chunks(param.shape):
                 part = param[rows]
                 part.copy_(part.float().add_(z[rows], alpha=alpha))
@@ -116,7 +120,13 @@ class LowRankDirection(Direction):
     (d_in, d_out) while L stays the d_out-side factor.
     """
 
-    def __init__(self, left: torch.Tensor, right: torch.Tensor, transposed: bool = False) -> None:
+    def __init__(
+        self,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        transposed: bool = False,
+        basis_key: Hashable | None = None,
+    ) -> None:
         if left.dim() != 2 or right.dim() != 2 or left.shape[1] != right.shape[1]:
             raise ValueError(
                 f"low-rank factors must be (m, r) and (n, r); got {tuple(left.shape)} "
@@ -127,6 +137,9 @@ class LowRankDirection(Direction):
         self.left = left.to(dtype)
         self.right = right.to(dtype)
         self.transposed = transposed
+        # Names the right factor while it stays fixed over several steps (LOZO's refresh
+        # period, a calibration basis); None when it changes every step (AGZO).
+        self.basis_key = basis_key
         rows, cols = (
             (right.shape[0], left.shape[0]) if transposed else (left.shape[0], right.shape[0])
         )
@@ -143,9 +156,13 @@ class LowRankDirection(Direction):
         a, b = self._factors()
         return a[rows] @ b.T
 
+    def add_rows_into(self, target: torch.Tensor, rows: Rows, alpha: float) -> None:
+        a, b = self._factors()
+        target.addmm_(a[rows], b.T, alpha=alpha)
+
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         a, b = self._factors()
-        if _is_low_precision(param):
+        if is_low_precision(param):
             for rows in row_chunks(param.shape):
                 part = param[rows]
                 part.copy_(torch.addmm(part.float(), a[rows], b.T, alpha=alpha))
@@ -193,7 +210,7 @@ class RowDirection(Direction):
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         values = self.values()
-        if _is_low_precision(param):
+        if is_low_precision(param):
             updated = param.index_select(0, self.rows).float().add_(values, alpha=alpha)
             param.index_copy_(0, self.rows, updated.to(param.dtype))
         else:
@@ -231,3 +248,25 @@ class SumDirection(Direction):
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         for part in self.parts:
             part.add_to(param, alpha)
+
+
+class DenseDirection(Direction):
+    """Δ held as a float32 tensor: an update rule's state (a momentum buffer)."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+        self.shape = values.shape
+
+    def dense(self) -> torch.Tensor:
+        return self.values
+
+    def dense_rows(self, rows: Rows) -> torch.Tensor:
+        return self.values[rows]
+
+    def add_to(self, param: torch.Tensor, alpha: float) -> None:
+        if is_low_precision(param):
+            for rows in row_chunks(param.shape):
+                part = param[rows]
+                part.copy_(part.float().add_(self.values[rows], alpha=alpha))
+        else:
+            param.add_(self.values, alpha=alpha)

@@ -8,6 +8,8 @@ used for the update are exactly those used for the perturbation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from agzo.directions.base import Direction, LowRankDirection
@@ -32,6 +34,9 @@ class LowRankSampler(DirectionSampler):
         self.rank = rank
         self.refresh_every = refresh_every
 
+    def settings(self) -> dict[str, Any]:
+        return {"rank": self.rank, "refresh_every": self.refresh_every}
+
     def right_factor(self, tensor: TrainableTensor, base_seed: int, period: int) -> torch.Tensor:
         """V for `tensor` during refresh period `period` (d_in x r)."""
         _, d_in = low_rank_dims(tensor)
@@ -46,5 +51,7 @@ class LowRankSampler(DirectionSampler):
             tensor.param.device, ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION
         )
         u = torch.randn(d_out, self.rank, generator=gen, device=tensor.param.device)
-        v = self.right_factor(tensor, ctx.base_seed, ctx.step // self.refresh_every)
-        return LowRankDirection(u, v, transposed=tensor.transposed)
+        period = ctx.step // self.refresh_every
+        v = self.right_factor(tensor, ctx.base_seed, period)
+        # V is fixed for the whole period: transforms may keep state in U's coordinates.
+        return LowRankDirection(u, v, transposed=tensor.transposed, basis_key=period)

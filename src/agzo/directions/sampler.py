@@ -1,13 +1,43 @@
-"""The contract every direction sampler follows: where a step probes, tensor by tensor."""
+"""The contract every direction sampler follows: what it observes, and where it probes.
+
+A sampler may observe the unperturbed forward pass (AGZO: each linear layer's input
+subspace) by returning an observer from `observer`; the optimizer runs it around that
+pass and hands its result back in `ProbeContext.observed`. Then `sample` builds the
+direction of each trainable tensor, as a pure function of (tensor, context), so that
+every use of a direction in a step (perturb, restore, update) regenerates the same one.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from agzo.capture import CapturedSubspaces
+import torch
+from torch import nn
+
+from agzo.core.reduce import LOCAL, Reducer
 from agzo.directions.base import Direction
+from agzo.observe import Observer
 from agzo.params import TrainableTensor
+
+
+@dataclass(frozen=True)
+class ObservationContext:
+    """What an observer of the unperturbed pass may use.
+
+    tensors: the trainable tensors (with the modules that consume them); step_seed: this
+    step's seed; model: the hooked module; attention_mask: (batch, seq) with 1 on real
+    tokens, or None to read it from the model call; reducer: sums and unions over the
+    examples of the step (see `agzo.core.reduce`).
+    """
+
+    tensors: Sequence[TrainableTensor]
+    step_seed: int
+    model: nn.Module | None
+    attention_mask: torch.Tensor | None = None
+    reducer: Reducer = LOCAL
 
 
 @dataclass(frozen=True)
@@ -17,21 +47,29 @@ class ProbeContext:
     step: optimizer step count (0-based); step_seed: the seed of this step's noise;
     base_seed: the optimizer's seed (for draws that persist over several steps);
     probe: index of the probe within the step (several probes average their estimates);
-    captured: the activation subspaces of the unperturbed pass, for samplers that ask.
+    observed: the result of the sampler's own observer, if it has one.
     """
 
     step: int
     step_seed: int
     base_seed: int
     probe: int = 0
-    captured: CapturedSubspaces | None = None
+    observed: Any = None
 
 
 class DirectionSampler(ABC):
-    """Builds Δ for one tensor. Must be a pure function of (tensor, context)."""
+    """Builds Δ for one tensor. `sample` must be a pure function of (tensor, context)."""
 
-    #: True when the sampler needs `ProbeContext.captured` from an activation capture.
-    needs_capture: bool = False
+    #: True when the sampler observes the model's layers (it then needs the model).
+    observes_model: bool = False
+
+    def observer(self, context: ObservationContext) -> Observer | None:
+        """What to run around the unperturbed pass; None: nothing to observe."""
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        """The hyperparameters that decide the directions (checked when state is loaded)."""
+        return {}
 
     @abstractmethod
     def sample(self, tensor: TrainableTensor, ctx: ProbeContext) -> Direction:

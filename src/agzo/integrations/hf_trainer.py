@@ -45,8 +45,9 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from agzo.estimator import Closure
-from agzo.optim import AGZO, LOZO, MeZO, ZerothOrderOptimizer
+from agzo.core.estimator import Closure
+from agzo.core.optimizer import ZerothOrderOptimizer
+from agzo.methods import AGZO, LOZO, MeZO
 from agzo.params import select_named_parameters
 
 ZOOptimizerFactory = Callable[[nn.Module], ZerothOrderOptimizer]

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from agzo.capture import CapturedSubspaces
+from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.directions import ProbeContext
-from agzo.optim import ZerothOrderOptimizer
+from agzo.observe import CapturedSubspaces
 from agzo.seeding import derive_seed
 
 OptimizerFactory = Callable[[nn.Module, int], ZerothOrderOptimizer]
@@ -72,20 +72,6 @@ def true_gradient(model: nn.Module, closure: Callable[[], torch.Tensor]) -> dict
     }
 
 
-def _capture(
-    opt: ZerothOrderOptimizer,
-    closure: Callable[[], torch.Tensor],
-    step_seed: int,
-    attention_mask: torch.Tensor | None,
-) -> CapturedSubspaces | None:
-    if not opt.sampler.needs_capture:
-        return None
-    capture = opt._make_capture(step_seed, attention_mask)
-    with torch.no_grad(), capture:
-        closure()
-    return capture.result
-
-
 def measure_alignment(
     model: nn.Module,
     closure: Callable[[], torch.Tensor],
@@ -110,8 +96,9 @@ def measure_alignment(
         for draw in range(draws):
             opt = factory(model, draw)
             step_seed = derive_seed(opt.seed, 0)
-            captured = _capture(opt, closure, step_seed, attention_mask)
-            probe = opt.probe(ProbeContext(0, step_seed, opt.seed, captured=captured))
+            observed = opt.observation(closure, step_seed, attention_mask)
+            probe = opt.probe(ProbeContext(0, step_seed, opt.seed, observed=observed))
+            captured = observed if isinstance(observed, CapturedSubspaces) else None
             dot, delta_sq, grad_sq = 0.0, 0.0, 0.0
             for tensor, direction in zip(probe.tensors, probe.directions):
                 g = grads[id(tensor.param)]

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 import yaml
 
+from agzo.core.transforms import UPDATE_RULES
 from agzo.directions.activation import EMBEDDING_MODES
 from agzo.models import DEFAULT_MODEL
 from agzo.tasks import available_tasks
 from agzo.tasks.custom import parse_label_spec, template_fields
-from agzo.updates import UPDATE_RULES
 
 __all__ = [
     "CUSTOM_TASK",

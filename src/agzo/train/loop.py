@@ -30,8 +30,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.models import load_model, save_model
-from agzo.optim import ZerothOrderOptimizer
 from agzo.seeding import derive_seed
 from agzo.tasks import (
     Example,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agzo.optim import AGZO, LOZO, MeZO
+from agzo.methods import AGZO, LOZO, MeZO
 from agzo.params import select_named_parameters
 from agzo.train.config import OPTIMIZERS, TrainConfig
 

@@ -1,10 +1,13 @@
 """Perturb, evaluate, difference: the measurement shared by every zeroth-order method.
 
-A `Probe` holds one direction per trainable tensor. Shifting the weights along it is
+A step measures q probes (`queries`), each with its own seed; their estimates are
+averaged. One-sided estimates reuse the unperturbed loss f0 for every probe. A `Probe`
+holds one direction per trainable tensor. Shifting the weights along it is
 done tensor by tensor in place; if anything interrupts a shift (an exception, Ctrl-C)
 the tensors already moved are moved back, so the model is never left half perturbed.
-The estimators return where the weights sit after measuring (`offset`, in units of Δ),
-so the update rule can restore and step in one pass.
+The estimators return where the weights sit after measuring (`offset`, in units of the
+last Δ), so a single-probe SGD step can restore and step in one pass. Every shift back
+regenerates the same Δ from its seed, so W₀ is recovered up to one rounding per shift.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.profiler import record_function
 
+from agzo.core.reduce import LOCAL, Reducer
+from agzo.core.transforms import Gradient
 from agzo.directions.base import Direction, row_chunks
 from agzo.params import TrainableTensor
 
@@ -43,9 +48,10 @@ def loss_value(output: torch.Tensor | float) -> float:
     raise TypeError(f"the closure must return a scalar tensor or a float, got {type(output)!r}")
 
 
-def evaluate(closure: Closure) -> float:
+def evaluate(closure: Closure, reducer: Reducer = LOCAL) -> float:
+    """The closure's loss, reduced over the step's examples; non-finite is an error."""
     with record_function("agzo.forward"):
-        value = loss_value(closure())
+        value = reducer.loss(loss_value(closure()))
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the closure returned a non-finite loss ({value})")
     return value
@@ -74,39 +80,81 @@ class Probe:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Projected gradient `g` ≈ ∇f·Δ; the weights now sit at W₀ + offset·Δ."""
+    """A step's measurement: projected gradients gₖ ≈ ∇f·Δₖ, one per probe.
 
-    g: float
+    After measuring, the weights sit at W₀ + offset·Δ of the last probe: with one probe
+    the update restores them in the same pass; with several, every probe was shifted back
+    before the next one, and offset is 0.
+    """
+
+    probes: Sequence[Probe]
+    gs: Sequence[float]
     offset: float
     loss: float  # the loss to report for this step
-    f_plus: float
-    f_minus: float | None = None
+    f_plus: Sequence[float]
+    f_minus: Sequence[float] | None = None
+
+    def gradient(self, i: int) -> Gradient:
+        """Tensor i's estimate Σₖ gₖ Δₖ / q (lazy)."""
+        q = len(self.probes)
+        return Gradient([(g / q, probe.directions[i]) for g, probe in zip(self.gs, self.probes)])
+
+    @property
+    def last(self) -> Probe:
+        return self.probes[-1]
 
 
-def _measure_shifted(closure: Closure, probe: Probe, alpha: float, back: float) -> float:
+def _measure_shifted(
+    evaluate_loss: Callable[[], float], probe: Probe, alpha: float, back: float
+) -> float:
     """Shift by `alpha`, evaluate; on any failure shift by `back` (undo everything) first."""
     probe.shift(alpha)
     try:
-        return evaluate(closure)
+        return evaluate_loss()
     except BaseException:
         probe.shift(back)
         raise
 
 
-def one_sided(closure: Closure, probe: Probe, eps: float, f0: float) -> Estimate:
-    """g = (f(W + μΔ) − f(W)) / μ, reusing the unperturbed loss f0."""
-    f_plus = _measure_shifted(closure, probe, eps, -eps)
-    return Estimate(g=(f_plus - f0) / eps, offset=eps, loss=f0, f_plus=f_plus)
+def one_sided(
+    evaluate_loss: Callable[[], float],
+    probes: Callable[[int], Probe],
+    queries: int,
+    eps: float,
+    f0: float,
+) -> Estimate:
+    """gₖ = (f(W + μΔₖ) − f(W)) / μ for q probes, all reusing the unperturbed loss f0."""
+    made, f_plus = [], []
+    for k in range(queries):
+        probe = probes(k)
+        f_plus.append(_measure_shifted(evaluate_loss, probe, eps, -eps))
+        made.append(probe)
+        if queries > 1:
+            probe.shift(-eps)  # back to W₀ before the next probe
+    gs = [(fp - f0) / eps for fp in f_plus]
+    return Estimate(made, gs, offset=eps if queries == 1 else 0.0, loss=f0, f_plus=f_plus)
 
 
-def two_sided(closure: Closure, probe: Probe, eps: float) -> Estimate:
-    """g = (f(W + μΔ) − f(W − μΔ)) / 2μ (SPSA)."""
-    f_plus = _measure_shifted(closure, probe, eps, -eps)
-    f_minus = _measure_shifted(closure, probe, -2 * eps, eps)
+def two_sided(
+    evaluate_loss: Callable[[], float],
+    probes: Callable[[int], Probe],
+    queries: int,
+    eps: float,
+) -> Estimate:
+    """gₖ = (f(W + μΔₖ) − f(W − μΔₖ)) / 2μ (SPSA) for q probes."""
+    made, f_plus, f_minus = [], [], []
+    for k in range(queries):
+        probe = probes(k)
+        f_plus.append(_measure_shifted(evaluate_loss, probe, eps, -eps))
+        f_minus.append(_measure_shifted(evaluate_loss, probe, -2 * eps, eps))
+        made.append(probe)
+        if queries > 1:
+            probe.shift(eps)  # back to W₀ before the next probe
     return Estimate(
-        g=(f_plus - f_minus) / (2 * eps),
-        offset=-eps,
-        loss=0.5 * (f_plus + f_minus),
+        made,
+        [(fp - fm) / (2 * eps) for fp, fm in zip(f_plus, f_minus)],
+        offset=-eps if queries == 1 else 0.0,
+        loss=sum(0.5 * (fp + fm) for fp, fm in zip(f_plus, f_minus)) / queries,
         f_plus=f_plus,
         f_minus=f_minus,
     )

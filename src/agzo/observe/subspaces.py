@@ -10,6 +10,9 @@ the forward pass, so capturing costs no more memory than inference.
 Embedding tables are hooked too: their input is token ids, whose one-hot rows make the
 gradient non-zero only in the rows of the tokens that occurred.
 
+Sums over tokens (the products HᵀHq, the norms) and the union of token rows go through
+a `Reducer`, so a batch split across processes yields the basis of the whole batch.
+
 This module knows nothing about how the bases are used (see `agzo.directions`).
 """
 
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 
+from agzo.core.reduce import LOCAL, Reducer
 from agzo.params import TrainableTensor
 from agzo.seeding import STREAM_POWER_ITERATION, generator_for
 
@@ -39,7 +43,11 @@ def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
 
 
 def power_iteration(
-    h: torch.Tensor, rank: int, steps: int, generator: torch.Generator
+    h: torch.Tensor,
+    rank: int,
+    steps: int,
+    generator: torch.Generator,
+    reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis (d x r) of the top-r right singular subspace of `h` (n x d).
 
@@ -58,14 +66,14 @@ def power_iteration(
     q = q.to(h.dtype)
     if steps == 0:
         q = _orthonormalize(q)
-        return q, (h @ q).norm(dim=0)
+        return q, reducer.norm((h @ q).norm(dim=0))
     # The start is not orthonormalized: the first step's QR gives the same basis either
     # way (the Q factor of M R⁻¹, R triangular with a positive diagonal, is M's).
     # Every operation here is one kernel launch, and on a GPU the launches, not the
     # arithmetic, are what a small model's capture costs; a Python `if` on a tensor
     # would also wait for the GPU, so the zero/overflow check is a `torch.where`.
     for _ in range(steps):
-        product = h.T @ (h @ q)
+        product = reducer.sum_(h.T @ (h @ q))
         norm = torch.linalg.vector_norm(product)
         if rank == 1:
             q = product / norm.clamp_min(torch.finfo(q.dtype).tiny)
@@ -77,7 +85,7 @@ def power_iteration(
     # Where `usable` is False it is also the zero to fill in (a scalar 0.0 would cost a
     # kernel of its own to become a tensor).
     q = torch.where(usable, q, usable)
-    return q, torch.where(usable, (h @ q).norm(dim=0), usable)
+    return q, torch.where(usable, reducer.norm((h @ q).norm(dim=0)), usable)
 
 
 def merge_bases(
@@ -122,6 +130,7 @@ class ActivationCapture:
         root: nn.Module | None = None,
         attention_mask: torch.Tensor | None = None,
         capture_tokens: bool = True,
+        reducer: Reducer = LOCAL,
     ) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
@@ -134,6 +143,7 @@ class ActivationCapture:
         self.root = root
         self.explicit_mask = attention_mask
         self.capture_tokens = capture_tokens
+        self.reducer = reducer
         self._seen_mask: torch.Tensor | None = None
         self._summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._token_rows: dict[int, torch.Tensor] = {}
@@ -213,7 +223,7 @@ class ActivationCapture:
                     gen = generator_for(
                         h.device, self.seed, tensor.index, STREAM_POWER_ITERATION, call
                     )
-                    summary = power_iteration(h, self.rank, self.power_steps, gen)
+                    summary = power_iteration(h, self.rank, self.power_steps, gen, self.reducer)
                     self._remember_input(x, summary)
                 previous = self._summaries.get(tensor.index)
                 if previous is not None:
@@ -262,5 +272,5 @@ class ActivationCapture:
     def result(self) -> CapturedSubspaces:
         return CapturedSubspaces(
             bases={i: q for i, (q, _) in self._summaries.items()},
-            token_rows=dict(self._token_rows),
+            token_rows={i: self.reducer.union_rows(r) for i, r in self._token_rows.items()},
         )

@@ -1,0 +1,39 @@
+"""The one seam through which a step combines quantities computed over examples.
+
+A zeroth-order step reduces three things over the examples of its batch: the losses
+whose difference is the estimate, AGZO's power-iteration products HᵀHq and their norms
+(sums over tokens), and the embedding rows the batch looked up (a union). Every such
+reduction goes through a `Reducer`, so that a run whose batch is split across processes
+only has to supply another reducer: no method changes.
+
+In one process each reduction is the identity (`LOCAL`). A reducer for several
+processes must be called by every process in the same order, so code that reduces must
+do so unconditionally (a layer that saw no real token still reduces its zero product).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Reducer:
+    """Reductions over the examples of one step; the identity in a single process."""
+
+    def loss(self, value: float) -> float:
+        """The batch's mean loss from this process's mean loss over its examples."""
+        return value
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` summed over processes, in place (products and squared norms)."""
+        return tensor
+
+    def norm(self, norms: torch.Tensor) -> torch.Tensor:
+        """Euclidean norms over processes from this process's norms (root of summed squares)."""
+        return norms
+
+    def union_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The sorted union over processes of sorted, unique row indices."""
+        return rows
+
+
+LOCAL = Reducer()
