@@ -443,9 +443,10 @@ def test_host_syncs_per_step_do_not_grow_with_depth(name: str) -> None:
     assert counts[1] <= 12, counts  # losses, the mask, the batch's token rows
 
 
+@pytest.mark.parametrize("update", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("name", ["agzo", "mezo"])
 def test_low_precision_steps_in_row_chunks_match_whole_tensor_steps(
-    name: str, monkeypatch: pytest.MonkeyPatch
+    name: str, update: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bf16 weights are updated through float32 copies of a few rows at a time (so a big
     embedding never gets a whole float32 copy); the chunking must not change a bit."""
@@ -455,7 +456,7 @@ def test_low_precision_steps_in_row_chunks_match_whole_tensor_steps(
     for chunk in (base.CHUNK_ENTRIES, 48):
         monkeypatch.setattr(base, "CHUNK_ENTRIES", chunk)
         model, closure = _setup("llama", torch.bfloat16)
-        opt = OPTIMIZERS[name](model)
+        opt = OPTIMIZERS[name](model, update=update)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bf16 precision warnings are not the point here
             for _ in range(2):

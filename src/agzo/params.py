@@ -9,6 +9,7 @@ tokens it looked up; everything else (norms, biases) gets an isotropic probe.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,8 +50,26 @@ class TrainableTensor:
         return bool(self.embedding_modules)
 
 
+def matches(name: str, pattern: str) -> bool:
+    """Whether a parameter name matches one selection pattern.
+
+    `=NAME` matches NAME exactly; `re:EXPR` is a regular expression searched in the name
+    (`re:layers\.1\.` is layer 1 only); anything else is a glob (`*.q_proj.weight`) or a
+    substring (`embed_tokens`). A substring is the loose form: `layers.1` also matches
+    `layers.10` to `layers.19`, while `layers.1.` does not.
+    """
+    if pattern.startswith("="):
+        return name == pattern[1:]
+    if pattern.startswith("re:"):
+        try:
+            return re.search(pattern[3:], name) is not None
+        except re.error as error:
+            raise ValueError(f"invalid regular expression in {pattern!r}: {error}") from error
+    return fnmatch.fnmatchcase(name, pattern) or pattern in name
+
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or p in name for p in patterns)
+    return any(matches(name, p) for p in patterns)
 
 
 def select_named_parameters(
@@ -58,10 +77,8 @@ def select_named_parameters(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
 ) -> list[tuple[str, nn.Parameter]]:
-    """Trainable parameters of `model` filtered by name patterns.
-
-    A pattern matches a parameter name either as a glob (`*.q_proj.weight`) or as a
-    substring (`embed_tokens`). `include=None` keeps everything; `exclude` wins over
+    """Trainable parameters of `model` filtered by name patterns (see `matches`: exact
+    `=name`, regular expression `re:...`, glob or substring). `include=None` keeps everything; `exclude` wins over
     `include`. Parameters with `requires_grad=False` are never selected, and a tied
     parameter appears once, under its first name.
     """

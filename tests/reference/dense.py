@@ -110,6 +110,46 @@ def gram_schmidt(x: torch.Tensor) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
+def agzo_deltas(
+    model: nn.Module,
+    named_params: list[tuple[str, nn.Parameter]],
+    kinds,
+    bases,
+    inputs,
+    embeddings,
+    step_seed: int,
+    probe: int,
+    embedding_mode: str,
+    row_mask: torch.Tensor | None,
+) -> list[torch.Tensor]:
+    """AGZO's Δ of every tensor for probe `probe` of a step, dense."""
+    deltas = []
+    for i, ((_, param), (linears, conv, is_embedding)) in enumerate(zip(named_params, kinds)):
+        dev = param.device
+        if is_embedding and embedding_mode == "gaussian" or not (linears or is_embedding):
+            gen = generator_for(dev, step_seed, probe, i, STREAM_PERTURBATION)
+            deltas.append(torch.randn(param.shape, generator=gen))
+            continue
+        delta = torch.zeros(param.shape, dtype=torch.float64)
+        if linears:
+            basis = bases[i]
+            d_out = param.shape[1] if conv else param.shape[0]
+            gen = generator_for(dev, step_seed, probe, i, STREAM_PERTURBATION)
+            r = torch.randn(d_out, basis.shape[1], generator=gen).double()
+            outer = r @ basis.double().T
+            delta += outer.T if conv else outer
+        if is_embedding:
+            table = next(m for m in embeddings if m.weight is param)
+            ids = torch.cat([x.reshape(-1) for x in inputs[id(table)]])
+            if row_mask is not None and ids.numel() == row_mask.numel():
+                ids = ids[row_mask.reshape(-1).bool()]
+            rows = torch.unique(ids)
+            gen = generator_for(dev, step_seed, probe, i, STREAM_PERTURBATION, 1)
+            delta[rows] += torch.randn(len(rows), param.shape[1], generator=gen)
+        deltas.append(delta)
+    return deltas
+
+
 def agzo_step(
     model: nn.Module,
     named_params: list[tuple[str, nn.Parameter]],
@@ -123,8 +163,12 @@ def agzo_step(
     power_steps: int = 3,
     embedding_mode: str = "activation",
     row_mask: torch.Tensor | None = None,
+    two_sided: bool = False,
+    queries: int = 1,
+    weight_decay: float = 0.0,
 ) -> float:
-    """One AGZO step (one-sided, SGD), dense. Returns f0."""
+    """One AGZO step with SGD, dense: the bases come from the unperturbed pass, which is
+    also f0 when one-sided. Returns the step's loss."""
     step_seed = derive_seed(seed, step)
     kinds = [_linear_kind(model, p) for _, p in named_params]
     all_linears = [m for linears, _, _ in kinds for m in linears]
@@ -137,81 +181,100 @@ def agzo_step(
     index_of = {id(m): i for i, (linears, _, _) in enumerate(kinds) for m in linears}
     linear_calls = [(m, x) for m, x in calls if id(m) in index_of]
     bases = linear_bases(linear_calls, index_of, step_seed, rank, power_steps, row_mask)
-
-    deltas = []
-    for i, ((_, param), (linears, conv, is_embedding)) in enumerate(zip(named_params, kinds)):
-        dev = param.device
-        if is_embedding and embedding_mode == "gaussian" or not (linears or is_embedding):
-            gen = generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
-            deltas.append(torch.randn(param.shape, generator=gen))
-            continue
-        delta = torch.zeros(param.shape, dtype=torch.float64)
-        if linears:
-            basis = bases[i]
-            d_out = param.shape[1] if conv else param.shape[0]
-            gen = generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
-            r = torch.randn(d_out, basis.shape[1], generator=gen).double()
-            outer = r @ basis.double().T
-            delta += outer.T if conv else outer
-        if is_embedding:
-            table = next(m for m in embeddings if m.weight is param)
-            ids = torch.cat([x.reshape(-1) for x in inputs[id(table)]])
-            if row_mask is not None and ids.numel() == row_mask.numel():
-                ids = ids[row_mask.reshape(-1).bool()]
-            rows = torch.unique(ids)
-            gen = generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION, 1)
-            delta[rows] += torch.randn(len(rows), param.shape[1], generator=gen)
-        deltas.append(delta)
-    return _one_sided_sgd(named_params, deltas, loss, lr, eps, f0)
+    probes = [
+        agzo_deltas(
+            model,
+            named_params,
+            kinds,
+            bases,
+            inputs,
+            embeddings,
+            step_seed,
+            k,
+            embedding_mode,
+            row_mask,
+        )
+        for k in range(queries)
+    ]
+    return zo_sgd(named_params, probes, loss, lr, eps, None if two_sided else f0, weight_decay)
 
 
-def _one_sided_sgd(named_params, deltas, loss: Loss, lr: float, eps: float, f0: float) -> float:
+def zo_sgd(
+    named_params,
+    probes: list[list[torch.Tensor]],
+    loss: Loss,
+    lr: float,
+    eps: float,
+    f0: float | None,
+    weight_decay: float = 0.0,
+) -> float:
+    """W ← W(1 − ηλ) − η Σₖ gₖ Δₖ / q over the probes' deltas; one-sided from f0, or
+    two-sided when f0 is None. Returns f0, or the mean of the two-sided losses."""
     originals = [p.detach().clone() for _, p in named_params]
+    gs, losses = [], []
     with torch.no_grad():
-        for (_, p), w, d in zip(named_params, originals, deltas):
-            p.copy_(w + eps * d)
-        f_plus = float(loss())
-        g = (f_plus - f0) / eps
-        for (_, p), w, d in zip(named_params, originals, deltas):
-            p.copy_(w - lr * g * d)
-    return f0
+        for deltas in probes:
+            for (_, p), w, d in zip(named_params, originals, deltas):
+                p.copy_(w + eps * d)
+            f_plus = float(loss())
+            if f0 is None:
+                for (_, p), w, d in zip(named_params, originals, deltas):
+                    p.copy_(w - eps * d)
+                f_minus = float(loss())
+                gs.append((f_plus - f_minus) / (2 * eps))
+                losses.append(0.5 * (f_plus + f_minus))
+            else:
+                gs.append((f_plus - f0) / eps)
+        for i, ((_, p), w) in enumerate(zip(named_params, originals)):
+            step = sum(g * deltas[i] for g, deltas in zip(gs, probes)) / len(probes)
+            p.copy_(w * (1 - lr * weight_decay) - lr * step)
+    return f0 if f0 is not None else sum(losses) / len(losses)
 
 
-def _two_sided_sgd(named_params, deltas, loss: Loss, lr: float, eps: float) -> float:
-    originals = [p.detach().clone() for _, p in named_params]
-    with torch.no_grad():
-        for (_, p), w, d in zip(named_params, originals, deltas):
-            p.copy_(w + eps * d)
-        f_plus = float(loss())
-        for (_, p), w, d in zip(named_params, originals, deltas):
-            p.copy_(w - eps * d)
-        f_minus = float(loss())
-        g = (f_plus - f_minus) / (2 * eps)
-        for (_, p), w, d in zip(named_params, originals, deltas):
-            p.copy_(w - lr * g * d)
-    return 0.5 * (f_plus + f_minus)
-
-
-def mezo_step(named_params, loss: Loss, *, lr: float, eps: float, seed: int, step: int) -> float:
-    """One two-sided MeZO step, dense."""
-    step_seed = derive_seed(seed, step)
-    deltas = [
+def mezo_deltas(named_params, step_seed: int, probe: int) -> list[torch.Tensor]:
+    return [
         torch.randn(
-            p.shape, generator=generator_for(p.device, step_seed, 0, i, STREAM_PERTURBATION)
+            p.shape, generator=generator_for(p.device, step_seed, probe, i, STREAM_PERTURBATION)
         )
         for i, (_, p) in enumerate(named_params)
     ]
-    return _two_sided_sgd(named_params, deltas, loss, lr, eps)
+
+
+def mezo_step(
+    named_params,
+    loss: Loss,
+    *,
+    lr: float,
+    eps: float,
+    seed: int,
+    step: int,
+    two_sided: bool = True,
+    queries: int = 1,
+    weight_decay: float = 0.0,
+) -> float:
+    """One MeZO step, dense (two-sided by default)."""
+    step_seed = derive_seed(seed, step)
+    probes = [mezo_deltas(named_params, step_seed, k) for k in range(queries)]
+    with torch.no_grad():
+        f0 = None if two_sided else float(loss())
+    return zo_sgd(named_params, probes, loss, lr, eps, f0, weight_decay)
 
 
 def lozo_deltas(
-    model: nn.Module, named_params, *, seed: int, step: int, rank: int, refresh_every: int
+    model: nn.Module,
+    named_params,
+    *,
+    seed: int,
+    step: int,
+    rank: int,
+    refresh_every: int,
+    probe: int = 0,
 ) -> list[torch.Tensor]:
     """LOZO's Δ per tensor: U Vᵀ for matrices (Conv1D transposed), Gaussian otherwise."""
     step_seed = derive_seed(seed, step)
     deltas = []
     for i, (_, p) in enumerate(named_params):
-        gen = generator_for(p.device, step_seed, 0, i, STREAM_PERTURBATION)
+        gen = generator_for(p.device, step_seed, probe, i, STREAM_PERTURBATION)
         if p.dim() != 2:
             deltas.append(torch.randn(p.shape, generator=gen))
             continue
@@ -225,9 +288,20 @@ def lozo_deltas(
     return deltas
 
 
-def lozo_step(model, named_params, loss: Loss, *, lr, eps, seed, step, rank, refresh_every):
+def lozo_step(
+    model, named_params, loss: Loss, *, lr, eps, seed, step, rank, refresh_every, queries=1
+):
     """One two-sided LOZO step, dense."""
-    deltas = lozo_deltas(
-        model, named_params, seed=seed, step=step, rank=rank, refresh_every=refresh_every
-    )
-    return _two_sided_sgd(named_params, deltas, loss, lr, eps)
+    probes = [
+        lozo_deltas(
+            model,
+            named_params,
+            seed=seed,
+            step=step,
+            rank=rank,
+            refresh_every=refresh_every,
+            probe=k,
+        )
+        for k in range(queries)
+    ]
+    return zo_sgd(named_params, probes, loss, lr, eps, None)

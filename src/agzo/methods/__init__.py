@@ -4,7 +4,11 @@ Importing this package registers every built-in method; the rest of the library 
 methods up here (`get_method("agzo")`) instead of listing them.
 """
 
-from agzo.methods import agzo, first_order, lozo, mezo  # noqa: F401  (registration)
+# isort: off
+# Registration order is the order `agzo methods` and the CLI list them in.
+from agzo.methods import agzo, mezo, lozo, first_order  # noqa: F401
+
+# isort: on
 from agzo.methods.agzo import AGZO, AGZOOptions
 from agzo.methods.lozo import LOZO, LOZOOptions
 from agzo.methods.mezo import MeZO, MeZOOptions

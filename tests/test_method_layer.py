@@ -1,0 +1,238 @@
+"""The method layer's contracts: several probes, chained transforms, coordinate state,
+the registry, and states that refuse other hyperparameters."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import agzo
+from agzo.core.optimizer import ZerothOrderOptimizer
+from agzo.core.transforms import adam, chain, momentum, weight_decay
+from agzo.directions import ActivationSampler, GaussianSampler, LowRankSampler
+from agzo.methods import get_method, method_names, methods
+from agzo.seeding import STREAM_LOW_RANK_V, STREAM_PERTURBATION, derive_seed, generator_for
+from tests.tiny import batch, loss_fn, tiny_model
+
+
+def _setup(arch: str = "llama", dtype: torch.dtype = torch.float32):
+    model = tiny_model(arch).to(dtype)
+    ids, mask, labels = batch(arch, pad=2)
+    return model, loss_fn(model, arch, ids, mask, labels)
+
+
+def _counting(loss):
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        return loss()
+
+    return calls, closure
+
+
+@pytest.mark.parametrize(
+    "make, passes",
+    [
+        (lambda m: agzo.AGZO(m, queries=3), 1 + 3),  # f0 (observed) + one per probe
+        (lambda m: agzo.AGZO(m, queries=3, two_sided=True), 1 + 2 * 3),
+        (lambda m: agzo.MeZO(m, queries=3), 2 * 3),  # SPSA never needs f0
+        (lambda m: agzo.MeZO(m, queries=3, two_sided=False), 1 + 3),
+    ],
+)
+def test_one_sided_probes_share_the_unperturbed_loss(make, passes: int) -> None:
+    model, loss = _setup()
+    calls, closure = _counting(loss)
+    make(model).step(closure)
+    assert calls["n"] == passes
+
+
+@pytest.mark.parametrize("two_sided", [False, True])
+def test_weights_are_back_at_w0_before_every_probe(two_sided: bool) -> None:
+    """Each probe is measured from W₀: the weights the closure sees, minus W₀, are ±μΔₖ."""
+    model, loss = _setup()
+    start = [p.detach().clone() for p in model.parameters()]
+    seen: list[list[torch.Tensor]] = []
+
+    def closure():
+        seen.append([p.detach().clone() for p in model.parameters()])
+        return loss()
+
+    opt = agzo.MeZO(model, lr=0.0, eps=1e-3, queries=3, two_sided=two_sided, seed=2)
+    opt.step(closure)
+    step_seed = derive_seed(2, 0)
+    plus = seen[0::2] if two_sided else seen[1:]
+    assert len(plus) == 3
+    for k, weights in enumerate(plus):
+        for i, (w, w0) in enumerate(zip(weights, start)):
+            z = torch.randn(w0.shape, generator=generator_for("cpu", step_seed, k, i, 0))
+            torch.testing.assert_close(w - w0, 1e-3 * z, rtol=1e-3, atol=1e-6)
+    for p, w0 in zip(model.parameters(), start):  # lr 0: restored after the last probe
+        torch.testing.assert_close(p.detach(), w0, rtol=0, atol=1e-6)
+
+
+def test_a_chain_of_transforms_equals_the_named_rule() -> None:
+    model, loss = _setup()
+    twin = copy.deepcopy(model)
+    named = agzo.AGZO(model, update="adam", weight_decay=0.1, seed=1)
+    composed = ZerothOrderOptimizer(
+        twin,
+        ActivationSampler(rank=1, power_steps=3),
+        chain(adam(), weight_decay()),
+        lr=1e-4,
+        eps=1e-3,
+        weight_decay=0.1,
+        seed=1,
+    )
+    twin_loss = loss_fn(twin, "llama", *batch("llama", pad=2))
+    for _ in range(3):
+        named.step(loss)
+        composed.step(twin_loss)
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_weight_decay_needs_a_stage_that_applies_it_and_comes_last() -> None:
+    model, _ = _setup()
+    with pytest.raises(ValueError, match="no weight_decay"):
+        ZerothOrderOptimizer(model, GaussianSampler(), adam(), lr=1e-3, eps=1e-3, weight_decay=0.1)
+    with pytest.raises(ValueError, match="put it last"):
+        chain(weight_decay(), momentum())
+
+
+def test_adam_on_the_probe_factor_matches_a_dense_reference() -> None:
+    """LOZO's probes U Vᵀ with V fixed for a period: Adam's moments live on U's
+    coordinates (d_out x r) and restart when V is redrawn."""
+    rank, nu, lr, eps, seed = 2, 3, 1e-2, 1e-4, 4
+    model, loss = _setup()
+    model = model.double()
+    ids, mask, labels = batch("llama", pad=2)
+    seen: list[tuple[float, list[torch.Tensor]]] = []
+    base = loss_fn(model, "llama", ids, mask, labels)
+
+    def closure():
+        value = base()
+        seen.append((float(value), [p.detach().clone() for p in model.parameters()]))
+        return value
+
+    opt = ZerothOrderOptimizer(
+        model,
+        LowRankSampler(rank, nu),
+        chain(adam(coordinates="probe")),
+        lr=lr,
+        eps=eps,
+        two_sided=True,
+        seed=seed,
+    )
+    weights = [p.detach().clone() for p in model.parameters()]
+    moments: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    matrices = 0
+    for step in range(5):  # crosses one refresh of V
+        seen.clear()
+        opt.step(closure)
+        (f_plus, _), (f_minus, _) = seen
+        g = (f_plus - f_minus) / (2 * eps)
+        step_seed = derive_seed(seed, step)
+        for i, p in enumerate(model.parameters()):
+            gen = generator_for("cpu", step_seed, 0, i, STREAM_PERTURBATION)
+            if p.dim() != 2:
+                grad = g * torch.randn(p.shape, generator=gen).double()
+                m, v, t = moments.get(i, (torch.zeros_like(grad), torch.zeros_like(grad), 0))
+                direction = None
+            else:
+                u = torch.randn(p.shape[0], rank, generator=gen).double()
+                vgen = generator_for("cpu", seed, step // nu, i, STREAM_LOW_RANK_V)
+                direction = torch.randn(p.shape[1], rank, generator=vgen).double()
+                grad = g * u
+                if i not in moments or step % nu == 0:
+                    moments[i] = (torch.zeros_like(grad), torch.zeros_like(grad), 0)
+                m, v, t = moments[i]
+                matrices += 1
+            m, v, t = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2, t + 1
+            moments[i] = (m, v, t)
+            update = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+            weights[i] = weights[i] - lr * (update if direction is None else update @ direction.T)
+        # The factors are float32 (as in a float32 model): Adam's ±lr-sized steps agree to
+        # float32 rounding, 1e-6 of a step, while a wrong moment or restart is off by ~lr.
+        for p, w in zip(model.parameters(), weights):
+            torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-8)
+    assert matrices > 0
+    state = opt.state[next(p for p in model.parameters() if p.dim() == 2)]
+    assert state["factor_exp_avg"].shape[1] == rank  # kept on the factor, not dense
+
+
+@pytest.mark.parametrize(
+    "saved, loaded, what",
+    [
+        (lambda m: agzo.AGZO(m, rank=2), lambda m: agzo.AGZO(m, rank=1), "rank"),
+        (lambda m: agzo.AGZO(m, queries=2), lambda m: agzo.AGZO(m), "queries"),
+        (
+            lambda m: agzo.LOZO(m, refresh_every=10),
+            lambda m: agzo.LOZO(m, refresh_every=50),
+            "refresh_every",
+        ),
+        (lambda m: agzo.MeZO(m, update="adam"), lambda m: agzo.MeZO(m), "transform"),
+    ],
+)
+def test_load_state_dict_refuses_other_hyperparameters(saved, loaded, what: str) -> None:
+    model, loss = _setup()
+    opt = saved(model)
+    opt.step(loss)
+    with pytest.raises(ValueError, match=f"other hyperparameters.*{what}: saved"):
+        loaded(model).load_state_dict(opt.state_dict())
+
+
+def test_every_method_is_registered_once_with_self_validating_options() -> None:
+    assert method_names() == ("agzo", "mezo", "lozo", "fo-adamw", "fo-sgd")
+    assert method_names(zeroth_order=True) == ("agzo", "mezo", "lozo")
+    for method in methods():
+        defaults = method.defaults()
+        assert defaults.lr > 0
+        with pytest.raises(ValueError, match="lr must be > 0"):
+            method.make_options(lr=-1.0)
+    with pytest.raises(ValueError, match="did you mean 'mezo'"):
+        get_method("meso")
+    with pytest.raises(ValueError, match="not an option of mezo .*applies to agzo"):
+        get_method("mezo").make_options(power_steps=2)
+
+
+def test_named_constructors_take_their_defaults_from_the_registry() -> None:
+    model, _ = _setup()
+    for name, cls in (("agzo", agzo.AGZO), ("mezo", agzo.MeZO), ("lozo", agzo.LOZO)):
+        options = get_method(name).defaults()
+        opt = cls(model)
+        assert opt.param_groups[0]["lr"] == options.lr
+        assert opt.two_sided == options.two_sided
+        built = get_method(name).build(model, options)
+        assert type(built) is cls
+        assert built.settings() == opt.settings()
+
+
+def test_lozo_m_and_fo_sgd_momentum_are_different_options() -> None:
+    assert "factor_momentum" in get_method("lozo").option_names()
+    assert "momentum" not in get_method("lozo").option_names()
+    assert "momentum" in get_method("fo-sgd").option_names()
+
+
+def test_exact_and_regex_patterns_tell_layer_1_from_layers_10_to_19() -> None:
+    from agzo.models import tiny_causal_lm
+    from agzo.params import select_named_parameters
+
+    model = tiny_causal_lm("llama", num_hidden_layers=12)
+
+    def layers(patterns):
+        names = [n for n, _ in select_named_parameters(model, include=patterns)]
+        return {int(n.split(".")[2]) for n in names if n.startswith("model.layers.")}
+
+    assert layers(["layers.1"]) == {1, 10, 11}  # a substring: the loose form
+    assert layers(["layers.1."]) == {1}
+    assert layers([r"re:layers\.1\."]) == {1}
+    assert layers(["re:layers\\.(1|11)\\."]) == {1, 11}
+    exact = select_named_parameters(model, include=["=model.layers.1.mlp.up_proj.weight"])
+    assert [n for n, _ in exact] == ["model.layers.1.mlp.up_proj.weight"]
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        select_named_parameters(model, include=["=model.layers.1"])  # exact: not a prefix
+    with pytest.raises(ValueError, match="invalid regular expression"):
+        select_named_parameters(model, include=["re:layers.("])
