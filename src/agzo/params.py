@@ -51,7 +51,7 @@ class TrainableTensor:
 
 
 def matches(name: str, pattern: str) -> bool:
-    """Whether a parameter name matches one selection pattern.
+    r"""Whether a parameter name matches one selection pattern.
 
     `=NAME` matches NAME exactly; `re:EXPR` is a regular expression searched in the name
     (`re:layers\.1\.` is layer 1 only); anything else is a glob (`*.q_proj.weight`) or a
@@ -78,9 +78,11 @@ def select_named_parameters(
     exclude: Sequence[str] | None = None,
 ) -> list[tuple[str, nn.Parameter]]:
     """Trainable parameters of `model` filtered by name patterns (see `matches`: exact
-    `=name`, regular expression `re:...`, glob or substring). `include=None` keeps everything; `exclude` wins over
-    `include`. Parameters with `requires_grad=False` are never selected, and a tied
-    parameter appears once, under its first name.
+    `=name`, regular expression `re:...`, glob or substring).
+
+    `include=None` keeps everything; `exclude` wins over `include`. Parameters with
+    `requires_grad=False` are never selected, and a tied parameter appears once, under
+    its first name.
     """
     selected = []
     for name, param in model.named_parameters():  # de-duplicates tied parameters
