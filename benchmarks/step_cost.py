@@ -18,9 +18,10 @@ import sys
 
 import torch
 
+from agzo.methods import method_names
 from agzo.probes.memory import format_memory, measure_memory
 from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
-from agzo.probes.speed import ZO_METHODS, format_speed, measure_speed
+from agzo.probes.speed import format_speed, measure_speed
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     speed = measure_speed(
         model,
         closure,
-        ZO_METHODS,
+        method_names(zeroth_order=True),
         args.rounds,
         on_round=lambda i, t: print(
             f"round {i}: " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()), file=sys.stderr
@@ -57,8 +58,8 @@ def main() -> None:
     result: dict[str, object] = {"args": vars(args), "speed": speed.to_dict()}
     if not args.skip_memory:
         rows = measure_memory(
-            args.shape, [args.batch], [args.seq], ("inference", *ZO_METHODS), args.dtype,
-            args.device,
+            args.shape, [args.batch], [args.seq], ("inference", *method_names(zeroth_order=True)),
+            args.dtype, args.device,
         )  # fmt: skip
         print()
         print(format_memory(rows))

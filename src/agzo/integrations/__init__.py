@@ -1,9 +1,8 @@
-"""Bridges from agzo's zeroth-order optimizers to other training frameworks.
+"""Integrations with other training frameworks.
 
-`agzo.integrations.hf_trainer.ZOTrainer`: a `transformers.Trainer` whose steps are
-forward-only AGZO / MeZO / LOZO steps (see docs/hf_trainer.md).
+`ZOTrainer`: a `transformers.Trainer` whose steps are zeroth-order (see hf_trainer.py).
 """
 
-from agzo.integrations.hf_trainer import ZO_METHODS, ZOTrainer
+from agzo.integrations.hf_trainer import ZOTrainer
 
-__all__ = ["ZO_METHODS", "ZOTrainer"]
+__all__ = ["ZOTrainer"]

@@ -47,13 +47,11 @@ from transformers import Trainer
 
 from agzo.core.estimator import Closure
 from agzo.core.optimizer import ZerothOrderOptimizer
-from agzo.methods import AGZO, LOZO, MeZO
+from agzo.methods import get_method, method_names
 from agzo.params import select_named_parameters
 
 ZOOptimizerFactory = Callable[[nn.Module], ZerothOrderOptimizer]
 ZOOptimizerSpec = str | type[ZerothOrderOptimizer] | ZOOptimizerFactory
-
-ZO_METHODS: dict[str, type[ZerothOrderOptimizer]] = {"agzo": AGZO, "mezo": MeZO, "lozo": LOZO}
 
 # Set through TrainingArguments, so that a run has one source for each.
 _FROM_TRAINING_ARGUMENTS = {"lr": "learning_rate", "weight_decay": "weight_decay"}
@@ -127,13 +125,24 @@ def _zeroth_order_inside(optimizer: Any) -> ZerothOrderOptimizer:
     return found
 
 
+def _method_class(name: str) -> type[ZerothOrderOptimizer]:
+    """The optimizer class of a registered zeroth-order method."""
+    try:
+        method = get_method(name)
+    except ValueError:
+        method = None
+    if method is None or not method.zeroth_order or method.optimizer_class is None:
+        raise ValueError(
+            f"unknown zeroth-order method {name!r}; choose from "
+            f"{', '.join(method_names(zeroth_order=True))}, or pass an optimizer class or a "
+            "factory `lambda model: agzo.AGZO(model, ...)`"
+        )
+    return cast(type[ZerothOrderOptimizer], method.optimizer_class)
+
+
 def _check_spec(spec: ZOOptimizerSpec, kwargs: Mapping[str, Any]) -> None:
     if isinstance(spec, str):
-        if spec.lower() not in ZO_METHODS:
-            raise ValueError(
-                f"unknown zeroth-order method {spec!r}; choose from {sorted(ZO_METHODS)}, "
-                "or pass an optimizer class or a factory `lambda model: agzo.AGZO(model, ...)`"
-            )
+        _method_class(spec)
     elif isinstance(spec, type):
         if not issubclass(spec, ZerothOrderOptimizer):
             raise TypeError(
@@ -161,7 +170,8 @@ class ZOTrainer(Trainer):
     """`transformers.Trainer` taking zeroth-order steps (AGZO, MeZO, LOZO): no backward pass.
 
     zo_optimizer: the method, as
-        - a name, "agzo" (default), "mezo" or "lozo", or one of the classes `agzo.AGZO`...:
+        - a registered method's name, "agzo" (default), "mezo", "lozo" (`agzo methods`),
+          or one of the classes `agzo.AGZO`...:
           built on the model with lr=args.learning_rate, weight_decay=args.weight_decay
           (not applied to biases and norms, as Trainer does) and seed=args.seed, plus
           `zo_kwargs` (eps, rank, two_sided, include/exclude patterns, update, ...);
@@ -276,7 +286,7 @@ class ZOTrainer(Trainer):
                 )
             return optimizer
         build: Callable[..., ZerothOrderOptimizer] = (
-            ZO_METHODS[spec.lower()] if isinstance(spec, str) else spec
+            _method_class(spec) if isinstance(spec, str) else spec
         )
         kwargs = dict(self.zo_kwargs)
         kwargs.setdefault("seed", self.args.seed)

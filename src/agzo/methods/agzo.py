@@ -83,5 +83,6 @@ register(
         options=AGZOOptions,
         build_optimizer=_build,
         zeroth_order=True,
+        optimizer_class=AGZO,
     )
 )

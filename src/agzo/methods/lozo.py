@@ -102,5 +102,6 @@ register(
         options=LOZOOptions,
         build_optimizer=_build,
         zeroth_order=True,
+        optimizer_class=LOZO,
     )
 )

@@ -62,5 +62,6 @@ register(
         options=MeZOOptions,
         build_optimizer=_build,
         zeroth_order=True,
+        optimizer_class=MeZO,
     )
 )

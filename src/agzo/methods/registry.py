@@ -41,6 +41,10 @@ class Method:
     options: type  # a frozen dataclass: its fields are the method's options
     build_optimizer: Builder
     zeroth_order: bool
+    # The class a user constructs by hand (agzo.AGZO): integrations that build the
+    # optimizer from keyword arguments (ZOTrainer's zo_kwargs) call it. None for methods
+    # that are plain torch optimizers.
+    optimizer_class: type | None = None
 
     def defaults(self) -> Any:
         return self.options()

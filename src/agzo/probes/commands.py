@@ -19,9 +19,6 @@ class ProbeError(ValueError):
     """Bad input to a probe (unknown estimator, method or shape)."""
 
 
-DEFAULT_ESTIMATORS = "mezo,lozo,agzo,agzo-r4,agzo-r16,agzo-k1,agzo-k5,agzo-embed-gaussian"
-
-
 def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
@@ -50,7 +47,11 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     align.add_argument("--data-dir", default=None)
     align.add_argument("--batch-size", type=int, default=16)
     align.add_argument("--draws", type=int, default=30)
-    align.add_argument("--estimators", default=DEFAULT_ESTIMATORS, help="comma-separated names")
+    align.add_argument(
+        "--estimators",
+        default=None,
+        help="comma-separated (default: every zeroth-order method and AGZO's r/K/embedding grid)",
+    )
     align.add_argument("--include", action="append", default=None, help="parameter pattern")
     align.add_argument("--exclude", action="append", default=None, help="parameter pattern")
     align.add_argument("--seed", type=int, default=0, help="which training batch to probe")
@@ -60,7 +61,12 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     memory.add_argument("--shape", default="smollm2-135m")
     memory.add_argument("--batch", type=_ints, default=[16], help="comma-separated sizes")
     memory.add_argument("--seq", type=_ints, default=[64, 256, 1024], help="comma-separated")
-    memory.add_argument("--configs", default="inference,fo-adamw,mezo,lozo,agzo")
+    memory.add_argument(
+        "--configs", default=None, help="comma-separated: inference and method names (all)"
+    )
+    memory.add_argument(
+        "--update", default=None, help="zeroth-order update rule: sgd | momentum | adam"
+    )
     memory.add_argument("--dtype", default="float32")
     memory.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     memory.add_argument("--output", default="probe-memory")
@@ -69,7 +75,7 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     speed.add_argument("--shape", default="smollm2-135m")
     speed.add_argument("--batch", type=int, default=16)
     speed.add_argument("--seq", type=int, default=32)
-    speed.add_argument("--methods", default="agzo,mezo,lozo,fo-adamw")
+    speed.add_argument("--methods", default=None, help="comma-separated (default: all)")
     speed.add_argument("--rounds", type=int, default=5)
     speed.add_argument("--dtype", default="float32")
     speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,7 +101,8 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     from agzo.train.objective import CandidateScorer
 
     variants = estimator_variants(args.include, args.exclude)
-    names = _csv(args.estimators)
+    # agzo-k20 is left out by default: twenty power steps per layer, for the K ablation only.
+    names = _csv(args.estimators) if args.estimators else [n for n in variants if n != "agzo-k20"]
     unknown = [n for n in names if n not in variants]
     if unknown:
         raise ProbeError(f"unknown estimator(s) {unknown}; choose from {sorted(variants)}")
@@ -153,16 +160,17 @@ def _check_choices(kind: str, given: list[str], valid: Sequence[str]) -> None:
 
 def _memory(args: argparse.Namespace, out: Path) -> int:
     from agzo.probes.memory import (
-        CONFIGS,
         MemoryRow,
         format_memory,
         measure_memory,
+        memory_configs,
         plot_memory,
     )
     from agzo.probes.shapes import SHAPES
 
     _check_choices("shape", [args.shape], list(SHAPES))
-    _check_choices("config", _csv(args.configs), CONFIGS)
+    chosen = _csv(args.configs) if args.configs else list(memory_configs())
+    _check_choices("config", chosen, memory_configs())
 
     done: list[MemoryRow] = []
 
@@ -176,12 +184,12 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
         )
         print(f"  {row.config} batch {row.batch} seq {row.seq}: {peak}", file=sys.stderr)
         payload = {"shape": args.shape, "dtype": args.dtype, "device": args.device,
-                   "rows": [vars(r) for r in done]}  # fmt: skip
+                   "update": args.update, "rows": [vars(r) for r in done]}  # fmt: skip
         (out / "memory.json").write_text(json.dumps(payload, indent=2))
 
     rows = measure_memory(
-        args.shape, args.batch, args.seq, tuple(_csv(args.configs)), args.dtype, args.device,
-        on_row=record,
+        args.shape, args.batch, args.seq, tuple(chosen), args.dtype, args.device,
+        on_row=record, update=args.update,
     )  # fmt: skip
     plot_memory(rows, str(out / "memory.png"))
     print(format_memory(rows))
@@ -190,11 +198,13 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
 
 
 def _speed(args: argparse.Namespace, out: Path) -> int:
+    from agzo.methods import method_names
     from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
-    from agzo.probes.speed import ALL_METHODS, format_speed, measure_speed
+    from agzo.probes.speed import format_speed, measure_speed
 
     _check_choices("shape", [args.shape], list(SHAPES))
-    _check_choices("method", _csv(args.methods), ALL_METHODS)
+    methods = _csv(args.methods) if args.methods else list(method_names())
+    _check_choices("method", methods, method_names())
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
     closure = last_token_loss(model, *random_batch(model, args.batch, args.seq, args.device))
@@ -203,9 +213,7 @@ def _speed(args: argparse.Namespace, out: Path) -> int:
         shown = ", ".join(f"{k} {v:.3f}s" for k, v in timings.items())
         print(f"  round {index}{' (warm-up)' if index == 0 else ''}: {shown}", file=sys.stderr)
 
-    report = measure_speed(
-        model, closure, tuple(_csv(args.methods)), args.rounds, on_round=on_round
-    )
+    report = measure_speed(model, closure, tuple(methods), args.rounds, on_round=on_round)
     payload = {
         "shape": args.shape,
         "batch": args.batch,

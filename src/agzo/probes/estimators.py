@@ -1,13 +1,16 @@
-"""Named estimator variants for the probes: the paper's grid plus the embedding options."""
+"""Named estimator variants for the probes: every registered zeroth-order method, AGZO's
+rank and power-step grid, and its embedding options."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import nn
 
 import agzo
 from agzo.directions.activation import EmbeddingMode
+from agzo.methods import BuildContext, Method, methods
 from agzo.probes.alignment import OptimizerFactory
 
 
@@ -32,12 +35,18 @@ def estimator_variants(
 
         return make
 
+    def registered(method: Method) -> OptimizerFactory:
+        def make(model: nn.Module, seed: int) -> agzo.ZerothOrderOptimizer:
+            context = BuildContext(seed=seed, include=include, exclude=exclude)
+            return cast(agzo.ZerothOrderOptimizer, method.build(model, method.defaults(), context))
+
+        return make
+
+    # Every zeroth-order method with its defaults, then AGZO's paper grid.
     variants: dict[str, OptimizerFactory] = {
-        "mezo": lambda m, s: agzo.MeZO(m, seed=s, include=include, exclude=exclude),
-        "lozo": lambda m, s: agzo.LOZO(m, seed=s, include=include, exclude=exclude),
-        "agzo": agzo_variant(1, 3),
-        "agzo-embed-gaussian": agzo_variant(1, 3, "gaussian"),
+        m.name: registered(m) for m in methods() if m.zeroth_order
     }
+    variants["agzo-embed-gaussian"] = agzo_variant(1, 3, "gaussian")
     for rank in (4, 16):
         variants[f"agzo-r{rank}"] = agzo_variant(rank, 3)
     for steps in (1, 5, 20):

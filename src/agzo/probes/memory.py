@@ -21,10 +21,24 @@ from dataclasses import dataclass
 
 import torch
 
+from agzo.methods import get_method, method_names
 from agzo.probes.shapes import build_shape, last_token_loss, random_batch
-from agzo.probes.speed import make_step
+from agzo.probes.speed import probe_optimizer, step_function
 
-CONFIGS = ("inference", "fo-adamw", "mezo", "lozo", "agzo")
+
+def memory_configs() -> tuple[str, ...]:
+    """What can be measured: inference, and every registered method."""
+    return ("inference", *method_names())
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's per-parameter state tensors (moments, buffers)."""
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    )
 
 
 def reset_peak_rss() -> None:
@@ -46,8 +60,16 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_worker(config: str, shape: str, batch: int, seq: int, dtype: str, device: str) -> int:
-    """Run one configuration in this process; returns its peak memory in bytes."""
+def run_worker(
+    config: str,
+    shape: str,
+    batch: int,
+    seq: int,
+    dtype: str,
+    device: str,
+    update: str | None = None,
+) -> tuple[int, int]:
+    """Run one configuration in this process: (peak memory, optimizer state) in bytes."""
     model = build_shape(shape, getattr(torch, dtype), device)
     ids, mask, targets = random_batch(model, batch, seq, device)
     closure = last_token_loss(model, ids, mask, targets)
@@ -56,18 +78,22 @@ def run_worker(config: str, shape: str, batch: int, seq: int, dtype: str, device
         torch.cuda.reset_peak_memory_stats()
     else:
         reset_peak_rss()
+    state = 0
     if config == "inference":
         with torch.no_grad():
             for _ in range(2):
                 closure()
     else:
-        step = make_step(config, model, closure)
+        options = {"update": update} if update and get_method(config).zeroth_order else {}
+        optimizer = probe_optimizer(config, model, **options)
+        step = step_function(optimizer, closure)
         for _ in range(2):
             step()
+        state = state_bytes(optimizer)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated())
-    return peak_rss()
+        return int(torch.cuda.max_memory_allocated()), state
+    return peak_rss(), state
 
 
 @dataclass
@@ -78,17 +104,22 @@ class MemoryRow:
     peak_bytes: int | None  # None: the worker failed (see `error`)
     ratio_to_inference: float | None
     error: str | None = None
+    state_bytes: int = 0  # the optimizer's state (moments, buffers), part of the peak
 
 
 def measure_memory(
     shape: str,
     batches: list[int],
     seqs: list[int],
-    configs: tuple[str, ...] = CONFIGS,
+    configs: tuple[str, ...] | None = None,
     dtype: str = "float32",
     device: str = "cpu",
     on_row: object = None,
+    update: str | None = None,
 ) -> list[MemoryRow]:
+    """One row per configuration, batch size and length; `update` sets the zeroth-order
+    methods' update rule."""
+    configs = memory_configs() if configs is None else configs
     rows = []
     for batch in batches:
         for seq in seqs:
@@ -98,13 +129,17 @@ def measure_memory(
                     sys.executable, "-m", "agzo.probes.memory", "--worker", config,
                     "--shape", shape, "--batch", str(batch), "--seq", str(seq),
                     "--dtype", dtype, "--device", device,
+                    *(["--update", update] if update else []),
                 ]  # fmt: skip
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode == 0:
-                    peak = json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
-                    peaks[config] = peak
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    peak = peaks[config] = result["peak_bytes"]
                     base = peaks.get("inference")
-                    row = MemoryRow(config, batch, seq, peak, peak / base if base else None)
+                    ratio = peak / base if base else None
+                    row = MemoryRow(
+                        config, batch, seq, peak, ratio, state_bytes=result["state_bytes"]
+                    )
                 else:
                     # A configuration that does not fit is a result, not a reason to stop.
                     row = MemoryRow(config, batch, seq, None, None, _failure(done.stderr))
@@ -121,13 +156,19 @@ def _failure(stderr: str) -> str:
 
 
 def format_memory(rows: list[MemoryRow]) -> str:
-    lines = [f"{'config':<10}{'batch':>6}{'seq':>6}{'peak MiB':>10}{'/ inference':>13}"]
+    lines = [
+        f"{'config':<10}{'batch':>6}{'seq':>6}{'peak MiB':>10}{'/ inference':>13}"
+        f"{'state MiB':>11}{'peak - state':>14}"
+    ]
     for r in rows:
         if r.peak_bytes is None:
             lines.append(f"{r.config:<10}{r.batch:>6}{r.seq:>6}  failed: {r.error}")
             continue
-        ratio = "" if r.ratio_to_inference is None else f"{r.ratio_to_inference:>13.3f}"
-        lines.append(f"{r.config:<10}{r.batch:>6}{r.seq:>6}{r.peak_bytes / 2**20:>10.0f}{ratio}")
+        ratio = " " * 13 if r.ratio_to_inference is None else f"{r.ratio_to_inference:>13.3f}"
+        lines.append(
+            f"{r.config:<10}{r.batch:>6}{r.seq:>6}{r.peak_bytes / 2**20:>10.0f}{ratio}"
+            f"{r.state_bytes / 2**20:>11.0f}{(r.peak_bytes - r.state_bytes) / 2**20:>14.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -157,15 +198,18 @@ def plot_memory(rows: list[MemoryRow], path: str) -> None:
 
 def _worker_main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", required=True, choices=CONFIGS)
+    parser.add_argument("--worker", required=True, choices=memory_configs())
     parser.add_argument("--shape", required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--seq", type=int, required=True)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--update", default=None)
     args = parser.parse_args()
-    peak = run_worker(args.worker, args.shape, args.batch, args.seq, args.dtype, args.device)
-    print(json.dumps({"peak_bytes": peak}))
+    peak, state = run_worker(
+        args.worker, args.shape, args.batch, args.seq, args.dtype, args.device, args.update
+    )
+    print(json.dumps({"peak_bytes": peak, "state_bytes": state}))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-import agzo
+from agzo.core.optimizer import ZerothOrderOptimizer
+from agzo.methods import get_method, method_names
 
-ZO_METHODS = ("agzo", "mezo", "lozo")
-ALL_METHODS = (*ZO_METHODS, "fo-adamw")
 REGIONS = (
     "agzo.forward",
     "agzo.capture",
@@ -34,28 +34,32 @@ REGIONS = (
 Step = Callable[[], object]
 
 
-def make_step(method: str, model: nn.Module, closure: Callable[[], torch.Tensor]) -> Step:
-    """One training step of `method` on the closure's batch (tiny lr: cost, not progress)."""
-    if method == "fo-adamw":
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-12)
+def probe_optimizer(method: str, model: nn.Module, **options: Any) -> torch.optim.Optimizer:
+    """A registered method's optimizer with its defaults, except a tiny lr (the probes
+    measure cost, not progress) and the given `options`."""
+    spec = get_method(method)
+    return spec.build(model, spec.make_options(**{"lr": 1e-12, **options}))
 
-        def first_order() -> None:
-            opt.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                closure().backward()
-            opt.step()
 
-        return first_order
-    zo: agzo.ZerothOrderOptimizer
-    if method == "agzo":
-        zo = agzo.AGZO(model, lr=1e-12, eps=1e-3)
-    elif method == "mezo":
-        zo = agzo.MeZO(model, lr=1e-12, eps=1e-3)
-    elif method == "lozo":
-        zo = agzo.LOZO(model, lr=1e-12, eps=1e-3)
-    else:
-        raise ValueError(f"unknown method {method!r}; choose from {ALL_METHODS}")
-    return lambda: zo.step(closure)
+def step_function(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor]) -> Step:
+    """One training step of `optimizer` on the closure's batch (backward if first-order)."""
+    if isinstance(optimizer, ZerothOrderOptimizer):
+        zo = optimizer
+        return lambda: zo.step(closure)
+
+    def first_order() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            closure().backward()
+        optimizer.step()
+
+    return first_order
+
+
+def make_step(
+    method: str, model: nn.Module, closure: Callable[[], torch.Tensor], **options: Any
+) -> Step:
+    return step_function(probe_optimizer(method, model, **options), closure)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -98,12 +102,14 @@ def _profile_regions(step: Step) -> dict[str, float]:
 def measure_speed(
     model: nn.Module,
     closure: Callable[[], torch.Tensor],
-    methods: tuple[str, ...] = ZO_METHODS,
+    methods: tuple[str, ...] | None = None,
     rounds: int = 5,
     breakdown: bool = True,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
 ) -> SpeedReport:
-    """Median step time of each method and of two plain forwards, interleaved per round."""
+    """Median step time of each method (default: every zeroth-order one) and of two plain
+    forwards, interleaved per round."""
+    methods = method_names(zeroth_order=True) if methods is None else methods
     device = next(model.parameters()).device
 
     def two_forwards() -> None:
@@ -129,7 +135,9 @@ def measure_speed(
     medians = {name: statistics.median(s) for name, s in samples.items()}
     report = SpeedReport(medians.pop("two_forwards"), medians, rounds=rounds)
     if breakdown:
-        report.breakdown_s = {m: _profile_regions(runs[m]) for m in methods if m in ZO_METHODS}
+        report.breakdown_s = {
+            m: _profile_regions(runs[m]) for m in methods if get_method(m).zeroth_order
+        }
     return report
 
 
