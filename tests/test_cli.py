@@ -81,7 +81,7 @@ def test_config_file_with_flag_overrides(
     assert main(["train", *flags]) == 0
     saved = TrainConfig.from_file(out / "config.yaml")
     assert (saved.optimizer, saved.lr, saved.seed, saved.steps) == ("mezo", 1e-4, 5, 2)
-    assert saved.two_sided is True  # resolved: MeZO's default written out
+    assert saved.options["two_sided"] is True  # resolved: MeZO's default written out
 
 
 def test_custom_task_and_eval_of_run_checkpoint_and_model(
@@ -170,7 +170,10 @@ CUSTOM = ["--task", "custom", "--template", "{text}", "--labels", "0=bad,1=good"
     ("args", "expected"),
     [
         (["--task", "sst-9"], "unknown task 'sst-9'"),
-        (["--optimizer", "adam"], "unknown optimizer 'adam'; choose one of agzo, mezo"),
+        (
+            ["--optimizer", "adam"],
+            "unknown optimizer 'adam' (did you mean 'fo-adamw'?); choose one of agzo, mezo",
+        ),
         (["--optimizer", "mezo", "--rank", "4"], "--rank is not a setting of optimizer 'mezo'"),
         (["--optimizer", "fo-sgd", "--power-steps", "2"], "--power-steps is not a setting"),
         (["--lr", "0"], "lr must be > 0"),

@@ -21,12 +21,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from agzo import AGZO
+from agzo.methods import get_method, method_names
 from agzo.models import tiny_causal_lm, tiny_tokenizer
 from agzo.tasks import Example
 from agzo.train import (
-    DEFAULT_LR,
     DEFAULT_TASK,
-    OPTIMIZERS,
     ConfigError,
     TrainConfig,
     TrainError,
@@ -35,10 +34,8 @@ from agzo.train import (
     sample_minibatch,
     train,
 )
-from agzo.train.config import METHOD_SETTINGS
 from agzo.train.loop import training_batch
 from agzo.train.objective import CandidateScorer
-from agzo.train.optimizers import BUILDERS
 
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -56,7 +53,7 @@ def tiny_config(model_dir: Path, output_dir: Path, **changes: Any) -> TrainConfi
         "output_dir": str(output_dir),
         "tensorboard": False,
     }
-    return TrainConfig(**(settings | changes))
+    return TrainConfig.from_dict(settings | changes)
 
 
 def write_reviews(path: Path, n: int = 40, text_field: str = "text") -> Path:
@@ -89,18 +86,17 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
 def test_defaults_and_method_resolution() -> None:
     config = TrainConfig()
     assert config.task == DEFAULT_TASK and config.optimizer == "agzo"
-    assert config.learning_rate == DEFAULT_LR["agzo"] == 1e-4
+    assert config.learning_rate == get_method("agzo").defaults().lr == 1e-4
     assert (config.setting("rank"), config.setting("power_steps"), config.setting("eps")) == (
         1,
         3,
         1e-3,
     )
     mezo = TrainConfig(optimizer="MeZO").resolved()
-    assert mezo["optimizer"] == "mezo" and mezo["lr"] == DEFAULT_LR["mezo"] == 3e-6
-    assert mezo["rank"] is None and mezo["two_sided"] is True
+    assert mezo["optimizer"] == "mezo" and mezo["lr"] == get_method("mezo").defaults().lr == 3e-6
+    assert "rank" not in mezo and mezo["two_sided"] is True
     assert TrainConfig(optimizer="lozo").resolved()["rank"] == 2
     assert TrainConfig(optimizer="fo-adamw", lr=2e-5).learning_rate == 2e-5
-    assert set(BUILDERS) == set(OPTIMIZERS) == set(METHOD_SETTINGS) == set(DEFAULT_LR)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +115,9 @@ def test_defaults_and_method_resolution() -> None:
         ({"optimizer": "agzo", "refresh_every": 10}, "--refresh-every"),
         ({"embedding_mode": "rows"}, "unknown embedding_mode 'rows'"),
         ({"update": "lion"}, "unknown update rule 'lion'"),
-        ({"optimizer": "lozo", "momentum": 0.9, "update": "adam"}, "LOZO-M"),
+        ({"optimizer": "lozo", "factor_momentum": 0.9, "update": "adam"}, "LOZO-M"),
+        ({"optimizer": "lozo", "momentum": 0.9}, "--momentum is not a setting of optimizer"),
+        ({"optimizer": "agzo", "queries": 0}, "queries must be >= 1"),
         ({"task": "custom"}, "--task custom needs --data-file, --template, --labels"),
         ({"data_file": "x.jsonl"}, "--data-file only apply to --task custom"),
         (
@@ -138,7 +136,7 @@ def test_defaults_and_method_resolution() -> None:
 )
 def test_config_rejects_bad_settings(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        TrainConfig(**changes)
+        TrainConfig.from_dict(changes)
     assert message in str(caught.value)
 
 
@@ -155,7 +153,7 @@ def test_config_files_yaml_and_toml(tmp_path: Path) -> None:
     toml_file = tmp_path / "run.toml"
     toml_file.write_text('optimizer = "lozo"\nrank = 4\nsteps = 100.0\ntwo_sided = false\n')
     config = TrainConfig.from_file(toml_file)
-    assert (config.rank, config.steps, config.two_sided) == (4, 100, False)
+    assert (config.setting("rank"), config.steps, config.setting("two_sided")) == (4, 100, False)
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("optimzer: agzo\n")
@@ -174,7 +172,7 @@ def test_config_files_yaml_and_toml(tmp_path: Path) -> None:
         TrainConfig.from_file(tmp_path / "list.yaml")
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", method_names())
 def test_saved_config_reloads_to_the_same_run(optimizer: str, tmp_path: Path) -> None:
     config = TrainConfig(optimizer=optimizer, exclude=("embed",), seed=3)
     config.save(tmp_path / "config.yaml")
@@ -231,7 +229,7 @@ def test_train_writes_every_output(model_dir: Path, tmp_path: Path) -> None:
     assert summary["steps"] == result.steps == 4
     assert summary["zero_shot"]["test"] == result.zero_shot["test"]
     assert summary["final"]["test"]["n_examples"] == 8
-    assert summary["config"]["lr"] == DEFAULT_LR["agzo"]
+    assert summary["config"]["lr"] == get_method("agzo").defaults().lr
     saved = TrainConfig.from_file(out / "config.yaml")
     assert saved.resolved() == config.resolved()
 
@@ -426,7 +424,7 @@ def test_resume_refuses_a_different_run(model_dir: Path, tmp_path: Path) -> None
         train(config.replace(lr=0.1, seed=5, steps=4), resume=True, quiet=True)
     message = str(caught.value)
     assert "differs from the saved one in lr, seed" in message
-    assert f"lr: saved {DEFAULT_LR['agzo']}, now 0.1" in message
+    assert f"lr: saved {get_method('agzo').defaults().lr}, now 0.1" in message
     assert "steps" not in message.split("(")[0]
 
 

@@ -8,8 +8,10 @@
         --template "Review: {text}\\nSentiment:" --labels "0=negative,1=positive"
     agzo eval --model runs/mezo                  # a run dir, its model/, a checkpoint, or a spec
     agzo tasks
+    agzo methods                                 # every method, its settings and defaults
 
-Every TrainConfig field is a `train` flag (`power_steps` -> `--power-steps`). Bad input
+Every TrainConfig field is a `train` flag (`eval_every` -> `--eval-every`), and so is
+every registered method's setting (`power_steps` -> `--power-steps`). Bad input
 prints one `agzo: error: ...` line and exits with status 2; Ctrl-C during training saves a
 checkpoint and exits with status 130.
 """
@@ -20,10 +22,12 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from agzo.methods import all_option_names, methods
 from agzo.models import ModelLoadError
 from agzo.probes.commands import ProbeError, add_probe_parser, run_probe
 from agzo.tasks import TaskDataError, available_tasks, get_task
@@ -58,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     """One flag per TrainConfig field (or the given subset), absent unless passed."""
     for f in dataclasses.fields(TrainConfig):
-        if names is not None and f.name not in names:
+        if f.name == "options" or (names is not None and f.name not in names):
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
@@ -77,9 +81,32 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | No
         parser.add_argument(flag, **kwargs)
 
 
+def _add_method_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of any registered method (`--rank`), absent unless passed.
+    The help says which methods take it and their defaults; TrainConfig rejects a
+    setting the chosen method does not take."""
+    for name in all_option_names():
+        if name == "lr":
+            continue  # a TrainConfig field, shared by every method
+        users = [m for m in methods() if name in m.option_names()]
+        kind = typing.get_type_hints(users[0].options)[name]
+        by_help: dict[str, list[str]] = {}
+        for m in users:  # methods sharing a setting's meaning are listed together
+            by_help.setdefault(m.option_help(name), []).append(
+                f"{m.name} [{getattr(m.defaults(), name)}]"
+            )
+        described = "; ".join(f"{', '.join(who)}: {text}" for text, who in by_help.items())
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": described}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["metavar"] = name.upper()
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="agzo", description="Forward-only fine-tuning of language models.")
-    commands = parser.add_subparsers(dest="command", metavar="{train,eval,tasks,probe}")
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,tasks,methods,probe}")
 
     train_parser = commands.add_parser(
         "train",
@@ -96,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_parser.add_argument("--quiet", action="store_true", help="no progress output")
     _add_config_flags(train_parser)
+    _add_method_flags(train_parser)
     train_parser.set_defaults(handler=_train)
 
     eval_parser = commands.add_parser(
@@ -138,12 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     tasks_parser = commands.add_parser("tasks", help="list the available tasks")
     tasks_parser.set_defaults(handler=_tasks)
 
+    methods_parser = commands.add_parser(
+        "methods", help="list the methods, their settings and defaults"
+    )
+    methods_parser.set_defaults(handler=_methods)
+
     add_probe_parser(commands).set_defaults(handler=run_probe)
     return parser
 
 
 def _config_values(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)} | set(all_option_names())
     return {k: v for k, v in vars(args).items() if k in names}
 
 
@@ -215,6 +248,18 @@ def _tasks(args: argparse.Namespace) -> int:
         f"{CUSTOM_TASK:<{width}}  {'accuracy':<8}  your data: --task custom --data-file FILE "
         "--template TEXT --labels '0=negative,1=positive'"
     )
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    for method in methods():
+        kind = "zeroth-order" if method.zeroth_order else "first-order"
+        print(f"{method.name}  ({kind}) {method.summary}")
+        defaults = method.defaults()
+        for name in method.option_names():
+            flag = "--" + name.replace("_", "-")
+            value = getattr(defaults, name)
+            print(f"    {flag:<20} {value!s:<12} {method.option_help(name)}")
     return 0
 
 

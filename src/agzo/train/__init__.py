@@ -7,10 +7,7 @@ print(result.zero_shot["test"], result.final["test"])
 
 from agzo.train.checkpoint import Checkpoint, CheckpointError, TrainState, latest_checkpoint
 from agzo.train.config import (
-    DEFAULT_LR,
     DEFAULT_TASK,
-    METHOD_SETTINGS,
-    OPTIMIZERS,
     ConfigError,
     TrainConfig,
     load_config_file,
@@ -29,10 +26,7 @@ from agzo.train.objective import CandidateScorer
 from agzo.train.optimizers import build_optimizer, trainable_parameters
 
 __all__ = [
-    "DEFAULT_LR",
     "DEFAULT_TASK",
-    "METHOD_SETTINGS",
-    "OPTIMIZERS",
     "CandidateScorer",
     "Checkpoint",
     "CheckpointError",

@@ -6,9 +6,11 @@ it from a YAML/TOML file plus flags (flags win), and every run writes its resolv
 configs, it checks itself in `__post_init__`, so a bad value fails in milliseconds with a
 message naming the setting, not minutes later inside the loop.
 
-Optimizer-specific settings (eps, rank, power_steps, ...) default to None, meaning "the
-method's default" (`METHOD_SETTINGS`). Keeping them unset until resolved is what lets the
-config reject a setting the chosen method would silently ignore (`--rank` with MeZO).
+A method's own settings (eps, rank, power_steps, ...) are not fields here: they belong to
+the method and its defaults to its registered options (`agzo.methods`, `agzo methods`).
+`options` holds the ones given; files and flags name them flat (`rank: 4`, `--rank 4`).
+Keeping them unset until resolved is what lets the config reject a setting the chosen
+method would silently ignore (`--rank` with MeZO).
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from agzo.core.transforms import UPDATE_RULES
-from agzo.directions.activation import EMBEDDING_MODES
+from agzo.methods import Method, all_option_names, get_method, method_names
 from agzo.models import DEFAULT_MODEL
 from agzo.tasks import available_tasks
 from agzo.tasks.custom import parse_label_spec, template_fields
@@ -41,15 +42,10 @@ __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
     "DEFAULT_EVAL_EVERY",
     "DEFAULT_EVAL_EXAMPLES",
-    "DEFAULT_LR",
     "DEFAULT_STEPS",
     "DEFAULT_TASK",
     "DTYPES",
-    "FIRST_ORDER",
-    "METHOD_SETTINGS",
-    "OPTIMIZERS",
     "RESUMABLE_CHANGES",
-    "ZEROTH_ORDER",
     "ConfigError",
     "TrainConfig",
     "default_output_dir",
@@ -78,49 +74,6 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_EVAL_EVERY = 25
 DEFAULT_EVAL_EXAMPLES = 200
 DEFAULT_CHECKPOINT_EVERY = 50
-
-ZEROTH_ORDER: tuple[str, ...] = ("agzo", "mezo", "lozo")
-FIRST_ORDER: tuple[str, ...] = ("fo-adamw", "fo-sgd")
-OPTIMIZERS: tuple[str, ...] = ZEROTH_ORDER + FIRST_ORDER
-
-# Default learning rate per method, measured on SmolLM2-135M-Instruct (docs/RESULTS.md).
-# MeZO, LOZO and first-order AdamW: the rates chosen on dev by the SST-2 search
-# (benchmarks/method_sweep.py, 500 steps; each at the top of its grid, so larger ones may
-# do better still). AGZO: 1e-4 learns the embedded generated task in 150 steps, but on
-# SST-2 with every parameter trained it diverged and the dev search chose 1e-5; pass
-# --lr 1e-5 on benchmark tasks. fo-sgd is a common value, not measured here.
-DEFAULT_LR: dict[str, float] = {
-    "agzo": 1e-4,
-    "mezo": 3e-6,
-    "lozo": 3e-6,
-    "fo-adamw": 3e-5,
-    "fo-sgd": 1e-3,
-}
-
-# The optional settings each method understands, with their defaults. A setting given
-# for a method that does not list it is an error rather than silently ignored.
-METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "agzo": {
-        "eps": 1e-3,
-        "rank": 1,  # paper default: the top-1 activation direction per layer
-        "power_steps": 3,
-        "embedding_mode": "activation",
-        "update": "sgd",
-        "two_sided": False,  # the capture pass already gives f(W0): one extra forward
-    },
-    "mezo": {"eps": 1e-3, "update": "sgd", "two_sided": True},
-    "lozo": {
-        "eps": 1e-3,
-        "rank": 2,  # LOZO paper default
-        "refresh_every": 50,
-        "momentum": 0.0,  # > 0 is LOZO-M
-        "update": "sgd",
-        "two_sided": True,
-    },
-    "fo-adamw": {},
-    "fo-sgd": {"momentum": 0.0},
-}
-_METHOD_SPECIFIC = tuple(dict.fromkeys(k for s in METHOD_SETTINGS.values() for k in s))
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 LOSSES: tuple[str, ...] = ("lm", "candidates")
@@ -175,22 +128,14 @@ class TrainConfig:
         default=None, metadata=_help("custom task: column holding the label (default: label)")
     )
     # How to train.
-    optimizer: str = field(default="agzo", metadata=_help(" | ".join(OPTIMIZERS)))
+    optimizer: str = field(
+        default="agzo", metadata=_help("method (see `agzo methods`): " + " | ".join(method_names()))
+    )
     lr: float | None = field(default=None, metadata=_help("learning rate (default per method)"))
-    eps: float | None = field(default=None, metadata=_help("ZO perturbation scale mu (1e-3)"))
-    rank: int | None = field(default=None, metadata=_help("agzo/lozo subspace rank (1 / 2)"))
-    power_steps: int | None = field(default=None, metadata=_help("agzo power-iteration steps (3)"))
-    embedding_mode: str | None = field(
-        default=None, metadata=_help("agzo embedding probes: activation | gaussian")
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help("the method's own settings, given flat: --rank 4 (see `agzo methods`)"),
     )
-    update: str | None = field(
-        default=None, metadata=_help("ZO update rule: " + " | ".join(UPDATE_RULES))
-    )
-    two_sided: bool | None = field(default=None, metadata=_help("two-sided ZO difference"))
-    refresh_every: int | None = field(
-        default=None, metadata=_help("lozo: redraw V every N steps (50)")
-    )
-    momentum: float | None = field(default=None, metadata=_help("lozo (LOZO-M) / fo-sgd"))
     weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay"))
     include: tuple[str, ...] | None = field(
         default=None, metadata=_help("train only parameters matching (glob/substring)")
@@ -238,48 +183,26 @@ class TrainConfig:
 
     # -- validation -----------------------------------------------------------------------
     def _check_method(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
-            )
-        accepted = METHOD_SETTINGS[self.optimizer]
-        for name in _METHOD_SPECIFIC:
-            if getattr(self, name) is not None and name not in accepted:
-                users = [m for m, s in METHOD_SETTINGS.items() if name in s]
+        try:
+            method = get_method(self.optimizer)
+        except ValueError as error:
+            raise ConfigError(str(error).replace("unknown method", "unknown optimizer")) from None
+        object.__setattr__(self, "optimizer", method.name)
+        for name in self.options:
+            if name not in method.option_names() or name == "lr":
+                users = [m for m in method_names() if name in get_method(m).option_names()]
+                takes = [_flag(k) for k in method.option_names() if k != "lr"]
                 raise ConfigError(
-                    f"{_flag(name)} is not a setting of optimizer {self.optimizer!r} "
-                    f"(it applies to {', '.join(users)}); {self.optimizer} takes: "
-                    f"{', '.join(_flag(k) for k in accepted) or 'no method-specific settings'}"
+                    f"{_flag(name)} is not a setting of optimizer {method.name!r} "
+                    f"(it applies to {', '.join(users) or 'no method'}); {method.name} takes: "
+                    f"{', '.join(takes) or 'no method-specific settings'}"
                 )
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.eps is not None and not self.eps > 0:
-            raise ConfigError(f"eps (the perturbation scale) must be > 0, got {self.eps}")
-        if self.rank is not None and self.rank < 1:
-            raise ConfigError(f"rank must be >= 1, got {self.rank}")
-        if self.power_steps is not None and self.power_steps < 0:
-            raise ConfigError(f"power_steps must be >= 0, got {self.power_steps}")
-        if self.refresh_every is not None and self.refresh_every < 1:
-            raise ConfigError(f"refresh_every must be >= 1, got {self.refresh_every}")
-        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.embedding_mode is not None and self.embedding_mode not in EMBEDDING_MODES:
-            raise ConfigError(
-                f"unknown embedding_mode {self.embedding_mode!r}; "
-                f"choose one of {', '.join(EMBEDDING_MODES)}"
-            )
-        if self.update is not None and self.update not in UPDATE_RULES:
-            raise ConfigError(
-                f"unknown update rule {self.update!r}; choose one of {', '.join(UPDATE_RULES)}"
-            )
-        if (
-            self.optimizer == "lozo"
-            and self.setting("momentum")
-            and self.setting("update") != "sgd"
-        ):
-            raise ConfigError(
-                "lozo with momentum > 0 (LOZO-M) applies its own update; drop --update"
-            )
+        options = {k: _coerce_option(method, k, v) for k, v in self.options.items()}
+        object.__setattr__(self, "options", options)
+        try:
+            method.make_options(lr=self.lr, **options)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
@@ -346,28 +269,35 @@ class TrainConfig:
 
     # -- resolved values ------------------------------------------------------------------
     @property
+    def method(self) -> Method:
+        """The registered method this run trains with."""
+        return get_method(self.optimizer)
+
+    @property
+    def method_options(self) -> Any:
+        """The method's options dataclass: the given settings, its defaults for the rest."""
+        return self.method.make_options(lr=self.lr, **self.options)
+
+    @property
     def zeroth_order(self) -> bool:
-        return self.optimizer in ZEROTH_ORDER
+        return self.method.zeroth_order
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        return float(self.method_options.lr)
 
     def setting(self, name: str) -> Any:
-        """A method-specific setting: the given value, else the method's default."""
-        defaults = METHOD_SETTINGS[self.optimizer]
-        if name not in defaults:
+        """A method's setting: the given value, else the method's default."""
+        if name not in self.method.option_names():
             raise KeyError(f"optimizer {self.optimizer!r} has no setting {name!r}")
-        value = getattr(self, name)
-        return defaults[name] if value is None else value
+        return getattr(self.method_options, name)
 
     def resolved(self) -> dict[str, Any]:
-        """All fields with the defaults that apply filled in (lr, the method's settings);
-        settings the method does not take stay None. This is what config.yaml holds."""
+        """Every run setting, then the method's settings flat with their defaults filled
+        in (lr included). This is what config.yaml holds."""
         values = self.to_dict()
-        values["lr"] = self.learning_rate
-        for name in METHOD_SETTINGS[self.optimizer]:
-            values[name] = self.setting(name)
+        del values["options"]
+        values |= dataclasses.asdict(self.method_options)
         return values
 
     def to_dict(self) -> dict[str, Any]:
@@ -391,16 +321,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """Build from a mapping; keys may use dashes (`power-steps`). Unknown keys are errors."""
-        known = [f.name for f in dataclasses.fields(cls)]
+        known = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+        method_settings = [n for n in all_option_names() if n != "lr"]
         clean: dict[str, Any] = {}
+        options: dict[str, Any] = dict(values.get("options") or {})
         for key, value in values.items():
             name = str(key).strip().replace("-", "_")
+            if name == "options":
+                continue
+            if name in method_settings:
+                if value is not None:  # a saved config lists other methods' settings as null
+                    options[name] = value
+                continue
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
+                close = difflib.get_close_matches(name, known + method_settings, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
             clean[name] = value
-        return cls(**clean)
+        return cls(**clean, options=options)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
@@ -473,6 +411,12 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
+def _coerce_option(method: Method, name: str, value: Any) -> Any:
+    """A method setting converted to its declared type, as `_coerce` does for fields."""
+    kind = typing.get_type_hints(method.options)[name]
+    return _convert(name, value, kind, optional=False)
+
+
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -481,6 +425,10 @@ def _coerce(name: str, value: Any) -> Any:
     """`value` converted to the field's type where unambiguous (YAML reads `1e-3` as a
     string, TOML may give 100.0 for a step count); otherwise a ConfigError."""
     kind, optional = _unwrap_optional(_field_types()[name])
+    return _convert(name, value, kind, optional)
+
+
+def _convert(name: str, value: Any, kind: Any, optional: bool) -> Any:
     if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         value = None  # how a command line says "unset" (e.g. --eval-examples none)
     if value is None:
@@ -521,6 +469,10 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return value
         wanted = "a string"
+    elif typing.get_origin(kind) is dict:
+        if isinstance(value, Mapping):
+            return {str(k).replace("-", "_"): v for k, v in value.items()}
+        wanted = "a mapping of setting: value"
     elif typing.get_origin(kind) is tuple:
         items = [value] if isinstance(value, str) else value
         if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
