@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agzo.methods import get_method
 from compare_runs import smoothed  # the sibling script: one smoothing for both reports
 
 
@@ -91,7 +92,11 @@ def parse_grid(items: list[str]) -> dict[str, list[float]]:
         if not rates:
             raise SystemExit(f"--grid expects METHOD=LR[,LR...], got {item!r}")
         try:
-            grid[method.strip()] = [float(r) for r in rates.split(",") if r.strip()]
+            name = get_method(method).name  # any registered method (`agzo methods`)
+        except ValueError as error:
+            raise SystemExit(f"--grid {item!r}: {error}") from None
+        try:
+            grid[name] = [float(r) for r in rates.split(",") if r.strip()]
         except ValueError:
             raise SystemExit(f"--grid {item!r}: learning rates must be numbers") from None
     return grid
