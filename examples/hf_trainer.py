@@ -23,7 +23,8 @@ from agzo.integrations import (
     ZO_METHODS,
     ZOTrainer,
 )  # ZO: instead of `from transformers import Trainer`
-from agzo.models import load_model, tiny_causal_lm, tiny_tokenizer
+from agzo.models import load_model
+from agzo.testing import tiny_causal_lm, tiny_tokenizer
 
 SENTENCES = (
     "It was great, so the answer is yes.",

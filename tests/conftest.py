@@ -15,15 +15,8 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agzo.models import (
-    TINY_CAUSAL_ARCHS,
-    ModelLoadError,
-    load_model,
-    save_model,
-    tiny_causal_lm,
-    tiny_encoder,
-    tiny_tokenizer,
-)
+from agzo.models import ModelLoadError, load_model, save_model
+from agzo.testing import TINY_CAUSAL_ARCHS, tiny_causal_lm, tiny_encoder, tiny_tokenizer
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -27,7 +27,7 @@ from transformers import (
 import agzo
 from agzo.integrations import ZOTrainer
 from agzo.integrations.hf_trainer import TrainerDrivenStep, trainer_driven
-from agzo.models import tiny_causal_lm, tiny_tokenizer
+from agzo.testing import tiny_causal_lm, tiny_tokenizer
 
 LR, EPS = 1e-2, 1e-3
 WORDS = ("good", "bad", "great", "terrible", "yes", "no", "maybe", "true", "false")

@@ -217,8 +217,8 @@ def test_lozo_m_and_fo_sgd_momentum_are_different_options() -> None:
 
 
 def test_exact_and_regex_patterns_tell_layer_1_from_layers_10_to_19() -> None:
-    from agzo.models import tiny_causal_lm
     from agzo.params import select_named_parameters
+    from agzo.testing import tiny_causal_lm
 
     model = tiny_causal_lm("llama", num_hidden_layers=12)
 

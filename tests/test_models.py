@@ -22,11 +22,9 @@ from agzo.models import (
     load_model,
     resolve_dtype,
     save_model,
-    tiny_causal_lm,
-    tiny_encoder,
-    tiny_vocab_size,
 )
 from agzo.tasks.base import Example
+from agzo.testing import tiny_causal_lm, tiny_encoder, tiny_vocab_size
 from agzo.train.objective import CandidateScorer, PromptBatch
 from tests.conftest import LoadedModel
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agzo.models import tiny_causal_lm
 from agzo.tasks.base import Example
+from agzo.testing import tiny_causal_lm
 from agzo.train.evaluate import evaluate
 from agzo.train.objective import CandidateScorer, PromptBatch, SequenceBatch
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import agzo
+import agzo.testing
 from agzo.core.transforms import Transform
 from agzo.directions import ProbeContext
 from agzo.observe import ActivationCapture, power_iteration
@@ -431,7 +432,7 @@ def test_host_syncs_per_step_do_not_grow_with_depth(name: str) -> None:
     its forward passes)."""
     counts = []
     for layers in (1, 4):
-        model = agzo.models.tiny_causal_lm("llama", num_hidden_layers=layers)
+        model = agzo.testing.tiny_causal_lm("llama", num_hidden_layers=layers)
         ids, mask, labels = batch("llama", pad=2)
         closure = loss_fn(model, "llama", ids, mask, labels)
         opt = OPTIMIZERS[name](model)

@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM
 
 from agzo import AGZO
 from agzo.methods import get_method, method_names
-from agzo.models import tiny_causal_lm, tiny_tokenizer
 from agzo.tasks import Example
+from agzo.testing import tiny_causal_lm, tiny_tokenizer
 from agzo.train import (
     DEFAULT_TASK,
     ConfigError,

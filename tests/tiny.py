@@ -11,7 +11,7 @@ VOCAB = 64
 def tiny_model(arch: str, seed: int = 0) -> nn.Module:
     """agzo.models' tiny builders over a 64-token vocabulary; Qwen3 untied, so that the
     head and the embedding are probed as separate tensors."""
-    from agzo.models import tiny_causal_lm, tiny_encoder
+    from agzo.testing import tiny_causal_lm, tiny_encoder
 
     if arch == "bert":
         return tiny_encoder("bert", seed=seed, vocab_size=VOCAB, num_labels=2)
