@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 from agzo.models import ModelLoadError
 from agzo.probes.commands import ProbeError, add_probe_parser, run_probe
 from agzo.tasks import TaskDataError, available_tasks, get_task
-from agzo.train.checkpoint import CheckpointError, is_checkpoint_dir, load_checkpoint
+from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import (
     CUSTOM_TASK,
     DEFAULT_TASK,
@@ -35,7 +35,9 @@ from agzo.train.config import (
     TrainConfig,
     load_config_file,
 )
-from agzo.train.loop import MODEL_DIR, TrainError, TrainingInterrupted, evaluate_model, train
+from agzo.train.errors import TrainError
+from agzo.train.evaluate_saved import evaluate_model, saved_settings
+from agzo.train.loop import TrainingInterrupted, train
 
 __all__ = ["build_parser", "main"]
 
@@ -168,22 +170,9 @@ def _train(args: argparse.Namespace) -> int:
 _CUSTOM_FIELDS = ("data_dir", "data_file", "template", "labels", "label_field")
 
 
-def _eval_base(spec: str) -> tuple[dict[str, Any], Path | None]:
-    """Settings implied by what --model points at, and checkpoint weights if any."""
-    path = Path(spec)
-    if is_checkpoint_dir(path):
-        checkpoint = load_checkpoint(path)
-        return checkpoint.config().resolved(), checkpoint.weights_path
-    for run_dir, model_dir in ((path, path / MODEL_DIR), (path.parent, path)):
-        if (run_dir / "config.yaml").is_file() and (model_dir / "config.json").is_file():
-            base = TrainConfig.from_file(run_dir / "config.yaml").resolved()
-            return base | {"model": str(model_dir)}, None
-    return {"model": spec}, None
-
-
 def _eval(args: argparse.Namespace) -> int:
     flags = _config_values(args)
-    values, weights = _eval_base(flags.pop("model", TrainConfig.model))
+    values, weights = saved_settings(flags.pop("model", TrainConfig.model))
     if "task" in flags and flags["task"] != values.get("task"):
         for name in _CUSTOM_FIELDS:  # the run's own task data does not carry over
             values.pop(name, None)

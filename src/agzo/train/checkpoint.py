@@ -92,7 +92,6 @@ class TrainState:
     last_dev: dict[str, float] | None = None
     train_seconds: float = 0.0
     skipped_steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
@@ -101,6 +100,7 @@ class TrainState:
     def from_json(cls, data: dict[str, Any]) -> TrainState:
         data = dict(data)
         version = data.pop("format", None)
+        data.pop("extra", None)  # an unused field that earlier checkpoints wrote
         if version != FORMAT:
             raise CheckpointError(f"unsupported checkpoint format {version!r} (expected {FORMAT})")
         return cls(**data)

@@ -1,0 +1,97 @@
+"""The run directory: what a run writes there, and whether it may start writing.
+
+Everything here only reads the file system until `prepare_run_dir`, so a mistyped
+command fails before any model is loaded and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from agzo.train.checkpoint import BEST_DIR, CHECKPOINTS_DIR, CONFIG, Checkpoint, latest_checkpoint
+from agzo.train.config import TrainConfig, default_output_dir
+from agzo.train.errors import TrainError
+from agzo.train.logging import METRICS_CSV, METRICS_JSONL, PLOT, TENSORBOARD_DIR
+
+__all__ = ["MODEL_DIR", "RUN_OUTPUTS", "SUMMARY", "RunDirPlan", "clear_run", "plan_run_dir"]
+
+MODEL_DIR = "model"
+SUMMARY = "summary.json"
+# Everything a run writes: what --overwrite may delete, and nothing else.
+RUN_OUTPUTS = (
+    CONFIG,
+    METRICS_JSONL,
+    METRICS_CSV,
+    PLOT,
+    SUMMARY,
+    MODEL_DIR,
+    CHECKPOINTS_DIR,
+    BEST_DIR,
+    TENSORBOARD_DIR,
+)
+
+
+@dataclass(frozen=True)
+class RunDirPlan:
+    """Where a run writes, the checkpoint it resumes from, whether to clear a previous run."""
+
+    path: Path
+    checkpoint: Checkpoint | None
+    clear: bool
+
+    def prepare(self) -> None:
+        """Clear the previous run's outputs if asked, and create the directory."""
+        if self.clear:
+            clear_run(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+
+def plan_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> RunDirPlan:
+    """Check the output directory against resume/overwrite; only reads the file system."""
+    if resume and overwrite:
+        raise TrainError("--resume continues a run and --overwrite replaces it: pass only one")
+    if config.output_dir is None:
+        if resume:
+            raise TrainError("--resume needs --output-dir: the directory of the run to continue")
+        return RunDirPlan(Path(default_output_dir(config)), None, False)
+    run_dir = Path(config.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainError(f"output directory {run_dir} exists and is not a directory")
+    if resume:
+        if not (run_dir / CONFIG).is_file():
+            raise TrainError(f"nothing to resume in {run_dir}: no {CONFIG} (not an agzo run)")
+        saved = TrainConfig.from_file(run_dir / CONFIG)
+        differences = saved.differences(config)
+        if differences:
+            listed = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differences.items())
+            raise TrainError(
+                f"cannot resume {run_dir}: the config differs from the saved one in "
+                f"{', '.join(differences)} ({listed}). Only steps, evaluation and checkpoint "
+                "settings may change; use a new --output-dir for a different run"
+            )
+        return RunDirPlan(run_dir, latest_checkpoint(run_dir), False)
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return RunDirPlan(run_dir, None, False)
+    if not overwrite:
+        raise TrainError(
+            f"output directory {run_dir} is not empty; pass --resume to continue the run "
+            "in it, --overwrite to replace it, or choose another --output-dir"
+        )
+    if not (run_dir / CONFIG).is_file():
+        raise TrainError(
+            f"output directory {run_dir} is not empty and is not an agzo run (no {CONFIG}); "
+            "refusing to delete its contents: choose another --output-dir"
+        )
+    return RunDirPlan(run_dir, None, True)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Delete a previous run's outputs, and only those (other files stay)."""
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

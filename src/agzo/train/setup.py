@@ -1,0 +1,136 @@
+"""Loading what a run needs from its config: the task's splits, the model, the scorer.
+
+Data first (seconds, and most input errors show there), then the model (the slow part).
+Bad input becomes a TrainError naming what failed; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from agzo.models import load_model
+from agzo.tasks import (
+    Example,
+    TaskDataError,
+    TaskSplits,
+    custom_task_from_spec,
+    get_task,
+    load_splits,
+    task_metric,
+)
+from agzo.tasks.registry import Task
+from agzo.train.checkpoint import CheckpointError
+from agzo.train.config import CUSTOM_TASK, TrainConfig
+from agzo.train.errors import TrainError
+from agzo.train.evaluate import evaluate
+from agzo.train.objective import CandidateScorer, LossKind
+
+__all__ = ["Printer", "RunData", "load_run", "make_task", "resolve_device", "user_errors"]
+
+
+class Printer:
+    """Progress messages, unless quiet; printed through tqdm so an active bar stays intact."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(message)
+
+
+@dataclass
+class RunData:
+    """The model, data and scorer of a run, loaded from its config."""
+
+    config: TrainConfig
+    task: Task
+    splits: TaskSplits
+    dev: list[Example]  # the dev examples evaluated during training (capped)
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    scorer: CandidateScorer
+
+    @property
+    def metric(self) -> str:
+        """The task's headline metric, which picks the best weights."""
+        return self.task.metric
+
+    def evaluate(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+    ) -> dict[str, float]:
+        return evaluate(
+            self.model,
+            self.scorer,
+            examples,
+            batch_size=self.config.eval_batch_size,
+            metric_fn=functools.partial(task_metric, self.task),
+            progress=progress,
+            desc=desc,
+        )
+
+
+def make_task(config: TrainConfig) -> Task:
+    if config.task == CUSTOM_TASK:
+        return custom_task_from_spec(
+            config.data_file or "",
+            config.template or "",
+            config.labels or "",
+            label_field=config.label_field or "label",
+        )
+    return get_task(config.task)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainError(f"device {name!r} requested but MPS is not available here")
+    return device
+
+
+def load_run(config: TrainConfig, say: Callable[[str], None] = lambda _: None) -> RunData:
+    """Data first (seconds, and most input errors show there), then the model."""
+    device = resolve_device(config.device)
+    with user_errors("task"):
+        task = make_task(config)
+        splits = load_splits(
+            task, config.data_dir, config.seed, config.n_train, config.n_dev, config.n_test
+        )
+    for note in splits.notes:
+        say(f"note: {note}")
+    say(f"loading model {config.model} ({config.dtype}, {device})")
+    with user_errors(f"model {config.model!r}"):
+        model, tokenizer = load_model(config.model, config.dtype, device)
+    loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
+    scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
+    with user_errors("tokenizing the examples"):
+        # Encoding everything now catches candidates that encode to no tokens or prompts
+        # that do not fit max_length before any step runs (and caches the encodings).
+        encoded = scorer.encode([*splits.train, *splits.dev, *splits.test])
+    if not all(e.single_token for e in encoded):
+        say("note: some candidates span several tokens: scoring runs one row per candidate")
+    dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
+    return RunData(config, task, splits, dev, model, tokenizer, scorer)
+
+
+@contextlib.contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Turn a ValueError raised by bad input into a TrainError naming what failed."""
+    try:
+        yield
+    except (TrainError, TaskDataError, CheckpointError):
+        raise
+    except ValueError as error:
+        raise TrainError(f"{what}: {error}") from error
