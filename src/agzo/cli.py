@@ -38,6 +38,7 @@ from agzo.train.config import (
 from agzo.train.errors import TrainError
 from agzo.train.evaluate_saved import evaluate_model, saved_settings
 from agzo.train.loop import TrainingInterrupted, train
+from agzo.train.rundir import RunFinished, check_writable_file
 
 __all__ = ["build_parser", "main"]
 
@@ -163,7 +164,10 @@ def _train(args: argparse.Namespace) -> int:
         values.update(load_config_file(args.config))
     values.update(flags)
     config = TrainConfig.from_dict(values, source=args.config or "flags")
-    train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    try:
+        train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    except RunFinished as finished:
+        print(f"agzo: {finished}")
     return 0
 
 
@@ -178,6 +182,8 @@ def _eval(args: argparse.Namespace) -> int:
             values.pop(name, None)
     values.update(flags)
     config = TrainConfig.from_dict(values, source="flags")
+    if args.output:
+        check_writable_file(Path(args.output), "--output")
     splits = ("dev", "test") if args.split == "both" else (args.split,)
     results = evaluate_model(config, weights=weights, splits=splits, quiet=args.quiet)
     for split, metrics in results.items():

@@ -25,7 +25,9 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,8 @@ __all__ = [
     "TINY_WORDS",
     "BuiltinModel",
     "ModelLoadError",
+    "check_model_spec",
+    "hub_reachable",
     "load_model",
     "prepare_tokenizer",
     "resolve_dtype",
@@ -162,6 +166,21 @@ def _path_source(path: Path) -> _Source:
     )
 
 
+def _looks_like_path(text: str) -> bool:
+    """Whether a spec that names nothing on disk was meant as a path, not a hub id.
+
+    A hub id is `name` or `owner/name`. A leading `.`, `~` or `/`, a backslash, two or
+    more separators, a `.gguf` ending, or an `owner` part that exists here as a folder
+    (`runs/does-not-exist`) all mean a mistyped path: asking the hub would only retry.
+    """
+    if text.endswith(".gguf") or text.startswith((".", "~", os.sep)) or "\\" in text:
+        return True
+    if not _HUB_ID.match(text):
+        return True
+    owner, separator, _ = text.partition("/")
+    return bool(separator) and Path(owner).is_dir()
+
+
 def _resolve(spec: str | os.PathLike[str]) -> _Source:
     text = os.fspath(spec)
     if text in BUILTIN_MODELS:
@@ -169,9 +188,32 @@ def _resolve(spec: str | os.PathLike[str]) -> _Source:
     path = Path(text).expanduser()
     if path.exists():
         return _path_source(path)
-    if text.endswith(".gguf") or text.startswith((".", "~", os.sep)) or not _HUB_ID.match(text):
+    if _looks_like_path(text):
         raise ModelLoadError(f"the path {text!r} does not exist; {_ACCEPTED_FORMS}")
     return _Source(location=text, from_hub=True)
+
+
+def check_model_spec(spec: str | os.PathLike[str]) -> None:
+    """Raise ModelLoadError now if `spec` cannot name a model (a missing path, a built-in
+    model whose package is not installed); reads only the local disk."""
+    _resolve(spec)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds.
+
+    Asking first lets an offline machine fail in seconds: the hub client itself retries
+    with back-off for close to a minute before giving up.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _require_gguf_support() -> None:
@@ -233,6 +275,8 @@ def load_model(
     """
     torch_dtype = resolve_dtype(dtype)
     source = _resolve(spec)
+    if source.from_hub and not local_files_only and not hub_reachable():
+        local_files_only = True  # a model already in the local hub cache still loads
     kwargs: dict[str, Any] = {"local_files_only": local_files_only}
     if source.gguf_file is not None:
         _require_gguf_support()
@@ -244,9 +288,15 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype, **kwargs)
     except OSError as error:
         if source.from_hub:
+            why = (
+                "the Hugging Face hub is not reachable from here and the model is not in "
+                "the local cache"
+                if local_files_only
+                else "the Hugging Face hub has no such model (or refused it)"
+            )
             raise ModelLoadError(
-                f"could not load {os.fspath(spec)!r}: no such local path, and the Hugging Face "
-                f"hub is not reachable from here (or has no such model); {_ACCEPTED_FORMS}"
+                f"could not load {os.fspath(spec)!r}: no such local path, and {why}; "
+                f"{_ACCEPTED_FORMS}"
             ) from error
         raise ModelLoadError(f"could not load {os.fspath(spec)!r}: {error}") from error
     _strip_quantizer(model)

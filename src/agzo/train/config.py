@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from agzo.directions.activation import EMBEDDING_MODES
-from agzo.models import DEFAULT_MODEL
+from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
 from agzo.tasks import available_tasks
 from agzo.tasks.custom import parse_label_spec, template_fields
 from agzo.updates import UPDATE_RULES
@@ -232,9 +232,20 @@ class TrainConfig:
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
         object.__setattr__(self, "optimizer", self.optimizer.strip().lower())
         object.__setattr__(self, "task", self.task.strip().lower())
+        self._make_paths_absolute()
         self._check_method()
         self._check_task()
         self._check_ranges()
+
+    def _make_paths_absolute(self) -> None:
+        """Store paths as absolute ones, so that the saved config still finds the data
+        and model when `agzo eval` or `--resume` runs from another directory."""
+        for name in ("data_dir", "data_file", "output_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _absolute(value))
+        if self.model not in BUILTIN_MODELS and Path(self.model).expanduser().exists():
+            object.__setattr__(self, "model", _absolute(self.model))
 
     # -- validation -----------------------------------------------------------------------
     def _check_method(self) -> None:
@@ -453,6 +464,12 @@ def default_output_dir(config: TrainConfig, root: str | os.PathLike[str] = "runs
 
 
 # --------------------------------------------------------------------------- coercion
+
+
+def _absolute(path: str) -> str:
+    """`path` made absolute against the working directory (`~` expanded, `..` removed);
+    symbolic links are kept, since they may be how the user names the place."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _flag(name: str) -> str:

@@ -228,13 +228,15 @@ class _Session:
         examples = sample_minibatch(run.splits.train, config.seed, step, config.batch_size)
         batch = training_batch(run.scorer, examples)
         started = time.perf_counter()
+        # The step is logged inside the deferred block: when Ctrl-C arrives during it, the
+        # checkpoint saved next holds this step, and so must metrics.jsonl, CSV and plot.
         with _ctrl_c_deferred("this step"):
             loss = _take_step(self.optimizer, run.scorer, batch)
             state.step = step
-        elapsed = time.perf_counter() - started
-        state.train_seconds += elapsed
-        state.skipped_steps += loss is None
-        self.log.log("train", step, loss=loss, step_time=elapsed)
+            elapsed = time.perf_counter() - started
+            state.train_seconds += elapsed
+            state.skipped_steps += loss is None
+            self.log.log("train", step, loss=loss, step_time=elapsed)
         if loss is not None:
             self.recent.append(loss)
         if self.eval_due(step):

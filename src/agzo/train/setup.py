@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
+from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from agzo.models import load_model
+from agzo.models import check_model_spec, load_model
 from agzo.tasks import (
     Example,
     TaskDataError,
@@ -100,9 +101,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_run(config: TrainConfig, say: Callable[[str], None] = lambda _: None) -> RunData:
+def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     """Data first (seconds, and most input errors show there), then the model."""
+    say = say or Printer(quiet=True)
     device = resolve_device(config.device)
+    check_model_spec(config.model)  # a mistyped path fails before anything is read
     with user_errors("task"):
         task = make_task(config)
         splits = load_splits(
@@ -111,7 +114,7 @@ def load_run(config: TrainConfig, say: Callable[[str], None] = lambda _: None) -
     for note in splits.notes:
         say(f"note: {note}")
     say(f"loading model {config.model} ({config.dtype}, {device})")
-    with user_errors(f"model {config.model!r}"):
+    with user_errors(f"model {config.model!r}"), _progress_bars(enabled=not say.quiet):
         model, tokenizer = load_model(config.model, config.dtype, device)
     loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
     scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
@@ -134,3 +137,23 @@ def user_errors(what: str) -> Iterator[None]:
         raise
     except ValueError as error:
         raise TrainError(f"{what}: {error}") from error
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Silence every tqdm bar started in the block when not `enabled`. Libraries start
+    their own (transformers' GGUF conversion), which their logging switches do not reach,
+    and tqdm reads its TQDM_DISABLE variable only once, when it is imported."""
+    if enabled:
+        yield
+        return
+    original = tqdm_std.tqdm.__init__
+
+    def silent(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **(kwargs | {"disable": True}))
+
+    tqdm_std.tqdm.__init__ = silent
+    try:
+        yield
+    finally:
+        tqdm_std.tqdm.__init__ = original

@@ -1,0 +1,187 @@
+"""The workflow as a new user meets it: output paths, relative paths, mistyped model
+paths, Ctrl-C, quiet runs and resuming finished ones, all through the `agzo` command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tqdm.auto import tqdm
+
+import agzo.models
+import agzo.train.setup
+from agzo.cli import main
+from agzo.models import ModelLoadError, load_model, tiny_causal_lm, tiny_tokenizer
+from agzo.train import TrainConfig, TrainingInterrupted, train
+from agzo.train.setup import Printer, load_run
+from tests.test_cli import reviews, run_error, tiny_flags, write_jsonl
+from tests.test_train import interrupting_loss, tiny_config, train_losses
+
+
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any model load fail the test: the errors below must come before it."""
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(agzo.train.setup, "load_model", forbidden)
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "/proc", "/sys"])
+def test_unwritable_output_dir_fails_in_one_line_before_the_model_loads(
+    where: str,
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if where == "under-a-file":
+        (tmp_path / "notes.txt").write_text("a file")
+        out = tmp_path / "notes.txt" / "run"
+    else:
+        if not Path(where).is_dir():
+            pytest.skip(f"no {where} here")
+        out = Path(where) / "agzo-run"
+    no_model_loading(monkeypatch)
+    message = run_error(["train", *tiny_flags(model_dir, out)], capsys)
+    assert "output directory" in message and str(out) in message
+    assert not out.exists()
+
+
+def test_eval_output_file_is_checked_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "notes.txt").write_text("a file")
+    no_model_loading(monkeypatch)
+    report = tmp_path / "notes.txt" / "eval.json"
+    message = run_error(["eval", "--n-test", "4", "--output", str(report)], capsys)
+    assert "--output" in message and "is a file" in message
+
+
+# --------------------------------------------------------------------------- relative paths
+
+
+def test_relative_paths_are_saved_absolute_for_eval_and_resume(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    write_jsonl(project / "data" / "reviews.jsonl", reviews(40))
+    monkeypatch.chdir(project)
+    custom = ["--task", "custom", "--data-file", "data/reviews.jsonl", "--template", "{text}"]
+    custom += ["--labels", "0=bad,1=good"]
+    assert main(["train", *tiny_flags(model_dir, Path("run"), steps=2), *custom]) == 0
+    saved = TrainConfig.from_file(project / "run" / "config.yaml")
+    assert saved.data_file == str(project / "data" / "reviews.jsonl")
+    assert saved.output_dir == str(project / "run")
+
+    monkeypatch.chdir(elsewhere)
+    run_dir = str(project / "run")
+    assert main(["eval", "--model", run_dir, "--quiet"]) == 0
+    assert "custom test (8 examples)" in capsys.readouterr().out
+    # The same file named by another path is the same run.
+    data = os.path.relpath(project / "data" / "reviews.jsonl")
+    resume = ["train", "--resume", "--output-dir", run_dir, "--data-file", data]
+    assert main([*resume, "--steps", "3", "--quiet"]) == 0
+    assert json.loads((project / "run" / "summary.json").read_text())["steps"] == 3
+
+
+# --------------------------------------------------------------------------- model specs
+
+
+def test_a_mistyped_local_model_path_fails_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def hub(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a path was looked up on the hub")
+
+    monkeypatch.setattr(agzo.models.AutoTokenizer, "from_pretrained", hub)
+    monkeypatch.setattr(agzo.models, "hub_reachable", hub)
+    started = time.perf_counter()
+    message = run_error(["eval", "--model", "runs/does-not-exist", "--n-test", "4"], capsys)
+    assert "'runs/does-not-exist' does not exist" in message
+    assert time.perf_counter() - started < 5
+
+
+def test_hub_ids_fail_fast_when_the_hub_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[dict[str, Any]] = []
+
+    def from_pretrained(location: str, **kwargs: Any) -> None:
+        asked.append(kwargs)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(agzo.models, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(agzo.models.AutoTokenizer, "from_pretrained", from_pretrained)
+    with pytest.raises(ModelLoadError, match="hub is not reachable from here"):
+        load_model("someone/some-model")
+    assert asked == [{"local_files_only": True}]  # the local cache only: no retries
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_the_step_finished_after_ctrl_c_is_in_every_metrics_file(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    interrupting_loss(monkeypatch, 6, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(tiny_config(model_dir, out, steps=6), quiet=True)
+    assert caught.value.step == 3
+    assert [step for step, _ in train_losses(out)] == [1, 2, 3]
+    with (out / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "train"]
+    assert [row["step"] for row in rows] == ["1", "2", "3"]
+    saved = (out / "checkpoints" / "step-000003" / "metrics.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["split"] == "train" for line in saved) == 3
+
+
+# --------------------------------------------------------------------------- quiet, resume
+
+
+def test_quiet_silences_the_bars_of_the_model_loader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def loader_with_a_bar(*args: Any, **kwargs: Any) -> Any:
+        for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        return tiny_causal_lm("llama"), tiny_tokenizer()
+
+    monkeypatch.setattr(agzo.train.setup, "load_model", loader_with_a_bar)
+    config = TrainConfig(task="synthetic-compare", n_train=8, n_dev=4, n_test=4)
+    load_run(config, Printer(quiet=True))
+    captured = capsys.readouterr()
+    assert "Converting" not in captured.err + captured.out
+    load_run(config, Printer(quiet=False))
+    assert "Converting" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_changes_nothing_unless_steps_extend_it(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["train", *tiny_flags(model_dir, out, steps=2)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", "--output-dir", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "is finished (2 steps" in said and "--steps" in said
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(["train", "--resume", "--output-dir", str(out), "--steps", "3", "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
