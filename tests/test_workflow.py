@@ -185,3 +185,45 @@ def test_resuming_a_finished_run_changes_nothing_unless_steps_extend_it(
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert main(["train", "--resume", "--output-dir", str(out), "--steps", "3", "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+# --------------------------------------------------------------------------- disk
+
+
+def inode(path: Path) -> int:
+    return path.stat().st_ino
+
+
+def distinct_weight_files(run_dir: Path) -> int:
+    return len({inode(p) for p in run_dir.rglob("*.safetensors")})
+
+
+def test_identical_weights_are_stored_once(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # Dev every step with a high rate: the last step is very likely the best one, but the
+    # test holds whichever step wins.
+    result = train(tiny_config(model_dir, out, steps=2, eval_every=1), quiet=True)
+    model_file, best = out / "model" / "model.safetensors", out / "best" / "weights.safetensors"
+    assert inode(model_file) == inode(best)
+    checkpoint = out / "checkpoints" / "step-000002"
+    assert inode(checkpoint / "best.safetensors") == inode(best)
+    if result.best_step == 2:
+        assert inode(checkpoint / "weights.safetensors") == inode(best)
+        assert distinct_weight_files(out) == 1
+    else:
+        assert distinct_weight_files(out) == 2
+
+
+def test_save_final_keeps_the_last_weights_and_none_keeps_no_model(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    final = train(tiny_config(model_dir, tmp_path / "final", save_mode="final"), quiet=True)
+    last = tmp_path / "final" / "checkpoints" / "step-000004" / "weights.safetensors"
+    assert inode(tmp_path / "final" / "model" / "model.safetensors") == inode(last)
+    assert final.summary["tested_step"] == 4
+
+    assert main(["train", *tiny_flags(model_dir, tmp_path / "none"), "--save", "none"]) == 0
+    assert not (tmp_path / "none" / "model").exists()
+    assert json.loads((tmp_path / "none" / "summary.json").read_text())["model_dir"] is None
+    with pytest.raises(ValueError, match="unknown save mode 'all'"):
+        TrainConfig(save_mode="all")

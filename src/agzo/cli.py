@@ -57,13 +57,16 @@ class _Parser(argparse.ArgumentParser):
 
 # --------------------------------------------------------------------------- parser
 
+# Settings whose field name is not what a user would type.
+_SHORT_FLAGS: dict[str, tuple[str, ...]] = {"save_mode": ("--save",)}
+
 
 def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     """One flag per TrainConfig field (or the given subset), absent unless passed."""
     for f in dataclasses.fields(TrainConfig):
         if names is not None and f.name not in names:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *_SHORT_FLAGS.get(f.name, ())]
         kind = str(f.type)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         kwargs["help"] = f.metadata.get("help", "")
@@ -77,7 +80,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | No
             kwargs["help"] += " (repeatable)"
         else:
             kwargs["metavar"] = f.name.upper()
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from agzo.fileio import link_or_copy
+
 __all__ = [
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",
@@ -343,6 +345,8 @@ def save_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | os.PathLike[str],
+    *,
+    weights_file: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Save in `save_pretrained` safetensors layout, replacing `out_dir` atomically.
 
@@ -350,6 +354,10 @@ def save_model(
     so a crash mid-save never leaves a half-written model. An existing `out_dir` is replaced
     only if it is empty or looks like a saved model (has config.json): a mistyped path must
     not delete an unrelated directory. Returns the directory written.
+
+    weights_file: a safetensors file already on disk holding the model's current weights.
+    When it holds every tensor save_pretrained would write, it is hard-linked as
+    model.safetensors instead of writing a second copy.
     """
     out = Path(out_dir).expanduser().absolute()
     if out.exists():
@@ -364,7 +372,10 @@ def save_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         savable = _dense_copy_for_saving(model) if _needs_dense_copy(model) else model
-        savable.save_pretrained(staging)
+        if weights_file is not None and _holds_every_tensor(savable, Path(weights_file)):
+            _save_pretrained_linked(savable, Path(weights_file), staging)
+        else:
+            savable.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         _replace_dir(staging, out)
@@ -372,6 +383,45 @@ def save_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _holds_every_tensor(model: PreTrainedModel, weights_file: Path) -> bool:
+    """Whether `weights_file` holds exactly the model's distinct tensors (tied ones once,
+    as save_pretrained writes them) under state-dict names, with their shapes and dtypes."""
+    from safetensors import safe_open
+
+    if not weights_file.is_file():
+        return False
+    state = model.state_dict()
+    with safe_open(str(weights_file), framework="pt") as handle:
+        saved = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
+        if not saved.keys() <= state.keys():
+            return False
+        # Tied tensors share their storage: one saved name covers all their names.
+        covered = {(state[name].data_ptr(), state[name].numel()): name for name in saved}
+        for tensor in state.values():
+            name = covered.get((tensor.data_ptr(), tensor.numel()))
+            if name is None:
+                return False  # a frozen parameter or a buffer that the file lacks
+            stored = saved[name]
+            if list(stored.get_shape()) != list(tensor.shape):
+                return False
+            if stored.get_dtype() != _SAFETENSORS_DTYPES.get(tensor.dtype):
+                return False
+    return True
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def _save_pretrained_linked(model: PreTrainedModel, weights_file: Path, out: Path) -> None:
+    """save_pretrained's files, with model.safetensors a hard link to `weights_file`."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out)
+    link_or_copy(weights_file, out / "model.safetensors")
 
 
 def _replace_dir(new: Path, target: Path) -> None:

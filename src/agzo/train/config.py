@@ -49,6 +49,7 @@ __all__ = [
     "METHOD_SETTINGS",
     "OPTIMIZERS",
     "RESUMABLE_CHANGES",
+    "SAVE_CHOICES",
     "ZEROTH_ORDER",
     "ConfigError",
     "TrainConfig",
@@ -124,6 +125,8 @@ _METHOD_SPECIFIC = tuple(dict.fromkeys(k for s in METHOD_SETTINGS.values() for k
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 LOSSES: tuple[str, ...] = ("lm", "candidates")
+# What a run's model/ directory holds (and what its final test evaluates).
+SAVE_CHOICES: tuple[str, ...] = ("best", "final", "none")
 
 # Settings a resumed run may change: they decide how long to train and how often to
 # look, not what is trained. Anything else differing from the saved config is an error.
@@ -136,6 +139,7 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "tensorboard",
+        "save_mode",
         "output_dir",
         "device",
     }
@@ -226,6 +230,10 @@ class TrainConfig:
     )
     keep_checkpoints: int = field(default=1, metadata=_help("how many checkpoints to keep"))
     tensorboard: bool = field(default=True, metadata=_help("TensorBoard logs when installed"))
+    save_mode: str = field(  # the flag is --save
+        default="best",
+        metadata=_help("what model/ holds: best (on dev) | final (last step) | none"),
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -347,6 +355,10 @@ class TrainConfig:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.save_mode not in SAVE_CHOICES:
+            raise ConfigError(
+                f"unknown save mode {self.save_mode!r}; choose one of {', '.join(SAVE_CHOICES)}"
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.device != "auto":

@@ -34,6 +34,7 @@ from agzo.seeding import derive_seed
 from agzo.tasks import Example
 from agzo.train.checkpoint import (
     CONFIG,
+    WEIGHTS,
     TrainState,
     best_weights_path,
     load_weights,
@@ -81,8 +82,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class TrainResult:
-    """What a finished run produced. `model` holds the best-on-dev weights (also saved
-    to `output_dir/model`); `summary` is the content of summary.json."""
+    """What a finished run produced. `model` holds the tested weights (best on dev unless
+    `save` is "final"; saved to `output_dir/model` unless "none"); `summary` is the content
+    of summary.json."""
 
     output_dir: Path
     metric: str
@@ -156,6 +158,7 @@ class _Session:
         self.named = named
         self.state, self.log, self.say = state, log, say
         self.saved_at = saved_at  # step of the latest checkpoint (-1: none yet)
+        self.last_saved: Path | None = None  # its weights file, once this session saved one
         self.bar = tqdm(disable=True)  # the real bar starts with the first step
         self.recent: deque[float] = deque(maxlen=20)  # running mean shown on the bar
 
@@ -260,6 +263,7 @@ class _Session:
             keep=self.config.keep_checkpoints,
         )
         self.saved_at = self.state.step
+        self.last_saved = path / WEIGHTS
         return path
 
     def close(self) -> None:
@@ -282,20 +286,34 @@ class _Session:
 
     # -- the end --------------------------------------------------------------------------
     def finish(self) -> TrainResult:
-        """Test the best-on-dev weights (step 0 = zero-shot included), save model, summary."""
-        run, state, run_dir = self.run, self.state, self.run_dir
+        """Test the weights that `save` names (best on dev, step 0 = zero-shot included,
+        unless "final"), save them as model/ and write the summary."""
+        run, state, run_dir, config = self.run, self.state, self.run_dir, self.config
         best_step = state.best_step if state.best_step is not None else state.step
-        if best_step != state.step:
+        tested_step = state.step if config.save_mode == "final" else best_step
+        if tested_step != state.step:
             load_weights(self.named, best_weights_path(run_dir))
         final_test = run.evaluate(run.splits.test, progress=not self.say.quiet, desc="final test")
         self.log.log("test", state.step, phase="final", best_step=best_step, **final_test)
-        save_model(run.model, run.tokenizer, run_dir / MODEL_DIR)
+        if config.save_mode != "none":
+            # The weights are already on disk (best/ or the last checkpoint): model/ links
+            # them instead of holding a third copy.
+            saved = best_weights_path(run_dir) if tested_step == best_step else self.last_saved
+            save_model(run.model, run.tokenizer, run_dir / MODEL_DIR, weights_file=saved)
         self.log.write_summaries()
         self.log.close()
         final = {"dev": state.best_metrics or {}, "test": final_test}
-        summary = run_summary(run, state, final, best_step)
+        summary = run_summary(run, state, final, best_step, tested_step)
         write_json(run_dir / SUMMARY, summary)
-        print(comparison(state.zero_shot["test"], final_test, run.metric, best_step, run_dir))
+        line = comparison(
+            state.zero_shot["test"],
+            final_test,
+            run.metric,
+            tested_step,
+            run_dir,
+            final_weights=config.save_mode == "final",
+        )
+        print(line)
         return TrainResult(
             output_dir=run_dir,
             metric=run.metric,

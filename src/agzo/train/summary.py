@@ -15,7 +15,11 @@ __all__ = ["comparison", "describe", "run_summary", "write_json"]
 
 
 def run_summary(
-    run: RunData, state: TrainState, final: dict[str, dict[str, float]], best_step: int
+    run: RunData,
+    state: TrainState,
+    final: dict[str, dict[str, float]],
+    best_step: int,
+    tested_step: int,
 ) -> dict[str, Any]:
     """The content of summary.json."""
     config = run.config
@@ -26,6 +30,7 @@ def run_summary(
         "metric": run.metric,
         "steps": state.step,
         "best_step": best_step,
+        "tested_step": tested_step,
         "zero_shot": state.zero_shot,
         "final": final,
         "last_dev": state.last_dev,
@@ -35,7 +40,7 @@ def run_summary(
         "split_sizes": {k: len(getattr(run.splits, k)) for k in ("train", "dev", "test")},
         "dev_examples_evaluated": len(run.dev),
         "notes": run.splits.notes,
-        "model_dir": MODEL_DIR,
+        "model_dir": MODEL_DIR if config.save_mode != "none" else None,
         "config": config.resolved(),
     }
 
@@ -47,11 +52,22 @@ def describe(label: str, metrics: dict[str, dict[str, float]], metric: str) -> s
 
 
 def comparison(
-    zero_shot: dict[str, float], final: dict[str, float], metric: str, best_step: int, run_dir: Path
+    zero_shot: dict[str, float],
+    final: dict[str, float],
+    metric: str,
+    tested_step: int,
+    run_dir: Path,
+    *,
+    final_weights: bool = False,
 ) -> str:
     """The run's last line: zero-shot against fine-tuned test metric."""
     gain = 100 * (final[metric] - zero_shot[metric])
-    which = "zero-shot weights: no dev gain" if best_step == 0 else f"step {best_step}, best on dev"
+    if final_weights:
+        which = f"the last step's weights, step {tested_step}"
+    elif tested_step == 0:
+        which = "zero-shot weights: no dev gain"
+    else:
+        which = f"step {tested_step}, best on dev"
     return (
         f"test {metric}: zero-shot {zero_shot[metric]:.4f} -> fine-tuned {final[metric]:.4f} "
         f"({gain:+.1f} points; {which}). Outputs in {run_dir}"
