@@ -18,6 +18,7 @@ import agzo.models
 import agzo.train.setup
 from agzo.cli import main
 from agzo.models import ModelLoadError, load_model, tiny_causal_lm, tiny_tokenizer
+from agzo.tasks import custom_task_from_spec, load_splits
 from agzo.train import TrainConfig, TrainingInterrupted, train
 from agzo.train.setup import Printer, load_run
 from tests.test_cli import reviews, run_error, tiny_flags, write_jsonl
@@ -227,3 +228,29 @@ def test_save_final_keeps_the_last_weights_and_none_keeps_no_model(
     assert json.loads((tmp_path / "none" / "summary.json").read_text())["model_dir"] is None
     with pytest.raises(ValueError, match="unknown save mode 'all'"):
         TrainConfig(save_mode="all")
+
+
+# --------------------------------------------------------------------------- split sizes
+
+
+def test_an_explicit_size_is_kept_and_one_that_cannot_be_met_is_a_warning(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_jsonl(tmp_path / "sixty.jsonl", reviews(60))
+    task = custom_task_from_spec(data, "{text}", "0=bad,1=good")
+    splits = load_splits(task, None, seed=0, n_test=20)
+    assert len(splits.test) == 20  # the default train/dev sizes shrink, not the asked one
+    assert len(splits.train) + len(splits.dev) == 40 and not splits.warnings
+
+    short = load_splits(task, None, seed=0, n_train=50, n_dev=10, n_test=20)
+    assert short.warnings and "train size 50 was asked for" in short.warnings[0]
+
+    out = tmp_path / "run"
+    custom = ["--task", "custom", "--data-file", str(data), "--template", "{text}"]
+    assert (
+        main(["train", *tiny_flags(model_dir, out, steps=1), *custom, "--labels", "0=bad,1=good"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "agzo: warning: only 8 test examples" in captured.err  # even with --quiet
+    assert "Only 8 test examples: one example is 12.5 points" in captured.out

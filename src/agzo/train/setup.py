@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -46,6 +47,17 @@ class Printer:
     def __call__(self, message: str) -> None:
         if not self.quiet:
             tqdm.write(message)
+
+
+# Below this many test examples, a run says that its test numbers are rough.
+FEW_TEST_EXAMPLES = 50
+
+
+def few_examples_warning(n: int) -> str:
+    return (
+        f"only {n} test examples: one example moves accuracy by {100 / n:.1f} points, so "
+        "differences of a few points mean nothing; use more test data (--n-test)"
+    )
 
 
 @dataclass
@@ -111,8 +123,12 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         splits = load_splits(
             task, config.data_dir, config.seed, config.n_train, config.n_dev, config.n_test
         )
+    if len(splits.test) < FEW_TEST_EXAMPLES:
+        splits.warnings.append(few_examples_warning(len(splits.test)))
     for note in splits.notes:
         say(f"note: {note}")
+    for warning in splits.warnings:  # printed even when quiet: they qualify every result
+        tqdm.write(f"agzo: warning: {warning}", sys.stderr)
     say(f"loading model {config.model} ({config.dtype}, {device})")
     with user_errors(f"model {config.model!r}"), _progress_bars(enabled=not say.quiet):
         model, tokenizer = load_model(config.model, config.dtype, device)

@@ -9,7 +9,7 @@ from typing import Any
 
 from agzo.train.checkpoint import TrainState
 from agzo.train.rundir import MODEL_DIR
-from agzo.train.setup import RunData
+from agzo.train.setup import FEW_TEST_EXAMPLES, RunData
 
 __all__ = ["comparison", "describe", "run_summary", "write_json"]
 
@@ -40,6 +40,7 @@ def run_summary(
         "split_sizes": {k: len(getattr(run.splits, k)) for k in ("train", "dev", "test")},
         "dev_examples_evaluated": len(run.dev),
         "notes": run.splits.notes,
+        "warnings": run.splits.warnings,
         "model_dir": MODEL_DIR if config.save_mode != "none" else None,
         "config": config.resolved(),
     }
@@ -68,10 +69,14 @@ def comparison(
         which = "zero-shot weights: no dev gain"
     else:
         which = f"step {tested_step}, best on dev"
-    return (
+    line = (
         f"test {metric}: zero-shot {zero_shot[metric]:.4f} -> fine-tuned {final[metric]:.4f} "
         f"({gain:+.1f} points; {which}). Outputs in {run_dir}"
     )
+    n_test = int(final.get("n_examples", FEW_TEST_EXAMPLES))
+    if n_test < FEW_TEST_EXAMPLES:
+        line += f". Only {n_test} test examples: one example is {100 / n_test:.1f} points"
+    return line
 
 
 def write_json(path: Path, data: Any) -> None:
