@@ -18,8 +18,8 @@ import agzo.models
 import agzo.train.setup
 from agzo.cli import main
 from agzo.models import ModelLoadError, load_model, tiny_causal_lm, tiny_tokenizer
-from agzo.tasks import custom_task_from_spec, load_splits
-from agzo.train import TrainConfig, TrainingInterrupted, train
+from agzo.tasks import TaskDataError, custom_task_from_spec, load_splits
+from agzo.train import ConfigError, TrainConfig, TrainingInterrupted, train
 from agzo.train.setup import Printer, load_run
 from tests.test_cli import reviews, run_error, tiny_flags, write_jsonl
 from tests.test_train import interrupting_loss, tiny_config, train_losses
@@ -254,3 +254,37 @@ def test_an_explicit_size_is_kept_and_one_that_cannot_be_met_is_a_warning(
     captured = capsys.readouterr()
     assert "agzo: warning: only 8 test examples" in captured.err  # even with --quiet
     assert "Only 8 test examples: one example is 12.5 points" in captured.out
+
+
+# --------------------------------------------------------------------------- data files
+
+
+def test_a_headerless_csv_gets_a_hint_and_columns_read_it(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text("".join(f"review {i} was fine,{i % 2}\n" for i in range(40)))
+    task = custom_task_from_spec(path, "{text}", "0=bad,1=good")
+    with pytest.raises(TaskDataError, match=r"missing field 'text'.*no header\? .*--columns"):
+        load_splits(task, None, seed=0)
+    named = custom_task_from_spec(path, "{text}", "0=bad,1=good", columns="text,label")
+    splits = load_splits(named, None, seed=0, n_train=20, n_dev=5, n_test=15)
+    assert sum(map(len, (splits.train, splits.dev, splits.test))) == 40  # row 1 is data too
+    with pytest.raises(ConfigError, match="distinct column names separated by commas"):
+        TrainConfig(task="custom", data_file="x.csv", template="{a}", labels="a,b", columns="a")
+
+
+def test_a_folder_says_which_files_it_read_and_which_not(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "train.jsonl", reviews(30))
+    write_jsonl(tmp_path / "train_full.jsonl", reviews(60))
+    write_jsonl(tmp_path / "test.jsonl", reviews(10))
+    task = custom_task_from_spec(tmp_path, "{text}", "0=bad,1=good")
+    notes = " ".join(load_splits(task, None, seed=0).notes)
+    assert "read train.jsonl, test.jsonl" in notes
+    assert "not read: train_full.jsonl" in notes
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(b"text,label\nfine,1\ncaf\xe9 was bad,0\n")
+    task = custom_task_from_spec(path, "{text}", "0=bad,1=good")
+    with pytest.raises(TaskDataError, match=r"reviews\.csv, line 3: not UTF-8 .*iconv"):
+        load_splits(task, None, seed=0)

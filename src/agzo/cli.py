@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
             "template",
             "labels",
             "label_field",
+            "columns",
             "n_train",
             "n_dev",
             "n_test",
@@ -174,7 +175,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-_CUSTOM_FIELDS = ("data_dir", "data_file", "template", "labels", "label_field")
+_CUSTOM_FIELDS = ("data_dir", "data_file", "template", "labels", "label_field", "columns")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ import yaml
 from agzo.directions.activation import EMBEDDING_MODES
 from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
 from agzo.tasks import available_tasks
-from agzo.tasks.custom import parse_label_spec, template_fields
+from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
 from agzo.updates import UPDATE_RULES
 
 __all__ = [
@@ -178,6 +178,9 @@ class TrainConfig:
     label_field: str | None = field(
         default=None, metadata=_help("custom task: column holding the label (default: label)")
     )
+    columns: str | None = field(
+        default=None, metadata=_help("custom task: column names of a CSV/TSV without header")
+    )
     # How to train.
     optimizer: str = field(default="agzo", metadata=_help(" | ".join(OPTIMIZERS)))
     lr: float | None = field(default=None, metadata=_help("learning rate (default per method)"))
@@ -303,7 +306,7 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def _check_task(self) -> None:
-        custom_fields = ("data_file", "template", "labels", "label_field")
+        custom_fields = ("data_file", "template", "labels", "label_field", "columns")
         if self.task != CUSTOM_TASK:
             if self.task not in available_tasks():
                 close = difflib.get_close_matches(self.task, available_tasks(), n=1)
@@ -332,6 +335,8 @@ class TrainConfig:
         try:
             template_fields(self.template or "")
             parse_label_spec(self.labels or "")
+            if self.columns is not None:
+                parse_columns(self.columns)
         except ValueError as error:
             raise ConfigError(str(error)) from error
 

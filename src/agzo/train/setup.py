@@ -98,6 +98,7 @@ def make_task(config: TrainConfig) -> Task:
             config.template or "",
             config.labels or "",
             label_field=config.label_field or "label",
+            columns=config.columns,
         )
     return get_task(config.task)
 
