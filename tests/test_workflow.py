@@ -288,3 +288,29 @@ def test_a_file_that_is_not_utf8_is_named_with_its_line(tmp_path: Path) -> None:
     task = custom_task_from_spec(path, "{text}", "0=bad,1=good")
     with pytest.raises(TaskDataError, match=r"reviews\.csv, line 3: not UTF-8 .*iconv"):
         load_splits(task, None, seed=0)
+
+
+# --------------------------------------------------------------------------- messages
+
+CUSTOM_FLAGS = ["--task", "custom", "--data-file", "x.csv", "--template", "{text}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--n-test", "0"], "--n-test must be >= 1"),
+        (["--learning-rate", "0.1"], "--learning-rate: did you mean --lr?"),
+        (CUSTOM_FLAGS + ["--labels", "0:neg;1:pos"], "value=word pairs separated by commas"),
+    ],
+)
+def test_messages_use_the_flags_a_user_typed(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert expected in run_error(["train", *args], capsys)
+
+
+def test_an_unknown_setting_suggests_the_nearest_name(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown setting 'learning_rate' \(did you mean 'lr'"):
+        TrainConfig.from_file(tmp_path / "run.yaml")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from agzo.train.config import (
     ConfigError,
     TrainConfig,
     load_config_file,
+    suggest_setting,
 )
 from agzo.train.errors import TrainError
 from agzo.train.evaluate_saved import evaluate_model, saved_settings
@@ -52,7 +54,28 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse prints the usage block and exits; we want one line, printed by main.
+        if message.startswith("unrecognized arguments:"):
+            unknown = [word for word in message.split()[2:] if word.startswith("--")]
+            guesses = [(word, suggest_setting(word.partition("=")[0])) for word in unknown]
+            hints = [
+                f"{word.partition('=')[0]}: did you mean {_flag(g)}?" for word, g in guesses if g
+            ]
+            if hints:
+                message += f" ({'; '.join(hints)})"
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _flag(name: str) -> str:
+    return _SHORT_FLAGS.get(name, ("--" + name.replace("_", "-"),))[0]
+
+
+def _as_typed(message: str, given: Sequence[str]) -> str:
+    """A config message with the settings the user gave as flags spelled as flags
+    (`batch_size must be >= 1` -> `--batch-size must be >= 1`)."""
+    for name in given:
+        if "_" in name:  # one-word settings read the same either way
+            message = re.sub(rf"(?<![\w-]){name}(?![\w])", _flag(name), message)
+    return message
 
 
 # --------------------------------------------------------------------------- parser
@@ -234,6 +257,7 @@ def _one_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `agzo` command; returns the exit status (2 for bad input)."""
     parser = build_parser()
+    args = argparse.Namespace()
     try:
         args = parser.parse_args(argv)
         if getattr(args, "handler", None) is None:
@@ -249,7 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("agzo: interrupted", file=sys.stderr)
         return 130
     except (UsageError, *USER_ERRORS) as error:
-        print(f"agzo: error: {_one_line(error)}", file=sys.stderr)
+        message = _one_line(error)
+        if isinstance(error, ConfigError):
+            message = _as_typed(message, list(_config_values(args)))
+        print(f"agzo: error: {message}", file=sys.stderr)
         return 2
 
 

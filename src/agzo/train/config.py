@@ -55,6 +55,7 @@ __all__ = [
     "TrainConfig",
     "default_output_dir",
     "load_config_file",
+    "suggest_setting",
 ]
 
 
@@ -424,8 +425,8 @@ class TrainConfig:
         for key, value in values.items():
             name = str(key).strip().replace("-", "_")
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                close = suggest_setting(name)
+                hint = f" (did you mean {close!r}?)" if close else ""
                 raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
             clean[name] = value
         return cls(**clean)
@@ -443,6 +444,49 @@ class TrainConfig:
         staging = target.with_name(f".{target.name}.tmp")
         staging.write_text(yaml.safe_dump(self.resolved(), sort_keys=False), encoding="utf-8")
         os.replace(staging, target)
+
+
+# Names other tools use for a setting (Hugging Face's TrainingArguments, common scripts),
+# which spelling-distance alone would not lead back to ours.
+_SETTING_ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "epsilon": "eps",
+    "mu": "eps",
+    "max_steps": "steps",
+    "num_steps": "steps",
+    "train_steps": "steps",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "bs": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "model_name": "model",
+    "model_name_or_path": "model",
+    "method": "optimizer",
+    "optim": "optimizer",
+    "dataset": "task",
+    "train_file": "data_file",
+    "data": "data_file",
+    "output": "output_dir",
+    "out_dir": "output_dir",
+    "max_seq_length": "max_length",
+    "torch_dtype": "dtype",
+    "precision": "dtype",
+    "label_column": "label_field",
+    "eval_steps": "eval_every",
+    "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+    "save": "save_mode",
+}
+
+
+def suggest_setting(name: str) -> str | None:
+    """The setting a mistyped or foreign name most likely means (None: no good guess)."""
+    name = name.strip().lstrip("-").replace("-", "_").lower()
+    if name in _SETTING_ALIASES:
+        return _SETTING_ALIASES[name]
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    close = difflib.get_close_matches(name, [*known, *_SETTING_ALIASES], n=1)
+    return _SETTING_ALIASES.get(close[0], close[0]) if close else None
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
