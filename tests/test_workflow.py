@@ -18,8 +18,10 @@ import agzo.models
 import agzo.train.setup
 from agzo.cli import main
 from agzo.models import ModelLoadError, load_model, tiny_causal_lm, tiny_tokenizer
-from agzo.tasks import TaskDataError, custom_task_from_spec, load_splits
+from agzo.tasks import Example, TaskDataError, custom_task_from_spec, load_splits
 from agzo.train import ConfigError, TrainConfig, TrainingInterrupted, train
+from agzo.train.evaluate import Predictions
+from agzo.train.report import class_report
 from agzo.train.setup import Printer, load_run
 from tests.test_cli import reviews, run_error, tiny_flags, write_jsonl
 from tests.test_train import interrupting_loss, tiny_config, train_losses
@@ -314,3 +316,70 @@ def test_an_unknown_setting_suggests_the_nearest_name(tmp_path: Path) -> None:
     (tmp_path / "run.yaml").write_text("learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown setting 'learning_rate' \(did you mean 'lr'"):
         TrainConfig.from_file(tmp_path / "run.yaml")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_a_run_reports_classes_baseline_and_predictions(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_jsonl(
+        tmp_path / "three.jsonl", [{"text": f"review {i}", "label": i % 3} for i in range(60)]
+    )
+    out = tmp_path / "run"
+    custom = ["--task", "custom", "--data-file", str(data), "--template", "{text} was"]
+    custom += ["--labels", "0=bad,1=good,2=so so"]
+    assert main(["train", *tiny_flags(model_dir, out, steps=2), *custom]) == 0
+    said = capsys.readouterr().out
+    assert "majority-class baseline" in said
+    summary = json.loads((out / "summary.json").read_text())
+    report = summary["test_report"]
+    assert report["classes"] == ["bad", "good", "so so"]
+    assert sum(map(sum, report["confusion"])) == 8 == sum(report["support"])
+    assert report["majority_baseline"] == max(report["support"]) / 8
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert len(lines) == 8 and {"prompt", "label_word", "predicted_word", "scores"} <= set(first)
+    accuracy = sum(json.loads(line)["correct"] for line in lines) / 8
+    assert accuracy == summary["final"]["test"]["accuracy"]
+
+    predictions = tmp_path / "eval.jsonl"
+    assert main(["eval", "--model", str(out), "--predictions", str(predictions)]) == 0
+    said = capsys.readouterr().out
+    assert "confusion (rows: true class, columns: predicted)" in said
+    assert "precision  recall" in said and "majority-class baseline" in said
+    assert len(predictions.read_text().splitlines()) == 8
+
+
+def test_below_the_majority_baseline_is_said(tmp_path: Path) -> None:
+    examples = [Example(f"p{i}", (" a", " b"), 0 if i < 3 else 1) for i in range(4)]
+    predictions = Predictions([0, 0, 0, 0], [[0.0, -1.0]] * 4, [0.1] * 4)
+    report = class_report(examples, predictions)
+    assert report.confusion == [[3, 0], [1, 0]]
+    assert (report.precision, report.recall) == ([0.75, 0.0], [1.0, 0.0])
+    assert report.majority_baseline == 0.75 and report.majority_class == "a"
+    assert "NOT above the baseline" in report.baseline_line()
+
+
+def test_multi_token_label_words_and_the_loss_are_announced(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_jsonl(tmp_path / "reviews.jsonl", reviews(40))
+    config = tiny_config(
+        model_dir,
+        tmp_path / "run",
+        steps=1,
+        task="custom",
+        data_file=str(data),
+        template="{text}",
+        labels="0=World News,1=good",
+    )
+    load_run(config, Printer(quiet=False))
+    said = capsys.readouterr().out
+    assert "' World News' (" in said and "span several tokens" in said
+    assert "' good'" not in said.split("span several")[0]  # a single token is not listed
+    assert "loss: lm (the default): cross-entropy of the correct label word" in said
+    load_run(config.replace(loss="candidates"), Printer(quiet=False))
+    assert "loss: candidates (chosen with --loss)" in capsys.readouterr().out

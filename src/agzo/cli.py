@@ -38,8 +38,9 @@ from agzo.train.config import (
     suggest_setting,
 )
 from agzo.train.errors import TrainError
-from agzo.train.evaluate_saved import evaluate_model, saved_settings
+from agzo.train.evaluate_saved import evaluate_splits, saved_settings
 from agzo.train.loop import TrainingInterrupted, train
+from agzo.train.report import write_predictions
 from agzo.train.rundir import RunFinished, check_writable_file
 
 __all__ = ["build_parser", "main"]
@@ -142,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", dest="eval_batch_size", default=argparse.SUPPRESS, metavar="N"
     )
     eval_parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON")
+    eval_parser.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="write every prediction as JSON lines (with --split both: FILE-dev, FILE-test)",
+    )
     eval_parser.add_argument("--quiet", action="store_true", help="no progress output")
     _add_config_flags(
         eval_parser,
@@ -209,19 +215,36 @@ def _eval(args: argparse.Namespace) -> int:
             values.pop(name, None)
     values.update(flags)
     config = TrainConfig.from_dict(values, source="flags")
-    if args.output:
-        check_writable_file(Path(args.output), "--output")
+    for option, path in (("--output", args.output), ("--predictions", args.predictions)):
+        if path:
+            check_writable_file(Path(path), option)
     splits = ("dev", "test") if args.split == "both" else (args.split,)
-    results = evaluate_model(config, weights=weights, splits=splits, quiet=args.quiet)
-    for split, metrics in results.items():
+    results = evaluate_splits(config, weights=weights, splits=splits, quiet=args.quiet)
+    for split, result in results.items():
+        metrics = result.metrics
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_examples")
         print(f"{config.task} {split} ({int(metrics['n_examples'])} examples): {shown}")
+        print(f"  {result.report.baseline_line()}")
+        if not args.quiet:
+            print(result.report.table())
+    if args.predictions:
+        path = Path(args.predictions)
+        for split, result in results.items():
+            target = (
+                path if len(results) == 1 else path.with_name(f"{path.stem}-{split}{path.suffix}")
+            )
+            write_predictions(target, result.examples, result.predictions, split)
     if args.output:
         report: dict[str, Any] = {
             "model": config.model,
             "weights": str(weights) if weights else None,
         }
-        report |= {"task": config.task, "seed": config.seed, "results": results}
+        report |= {
+            "task": config.task,
+            "seed": config.seed,
+            "results": {split: result.metrics for split, result in results.items()},
+            "reports": {split: result.report.to_json() for split, result in results.items()},
+        }
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 

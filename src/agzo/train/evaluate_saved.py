@@ -4,16 +4,20 @@ evaluated on a task's splits drawn exactly as training draws them."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agzo.tasks.base import Example
 from agzo.train.checkpoint import CONFIG, is_checkpoint_dir, load_checkpoint, load_weights
 from agzo.train.config import TrainConfig
+from agzo.train.evaluate import Predictions
 from agzo.train.optimizers import trainable_parameters
+from agzo.train.report import ClassReport, class_report
 from agzo.train.rundir import MODEL_DIR
 from agzo.train.setup import Printer, load_run
 
-__all__ = ["evaluate_model", "saved_settings"]
+__all__ = ["SplitResult", "evaluate_model", "evaluate_splits", "saved_settings"]
 
 
 def saved_settings(spec: str) -> tuple[dict[str, Any], Path | None]:
@@ -34,6 +38,37 @@ def saved_settings(spec: str) -> tuple[dict[str, Any], Path | None]:
     return {"model": spec}, None
 
 
+@dataclass(frozen=True)
+class SplitResult:
+    """One evaluated split: the task's metrics, every prediction, the per-class report."""
+
+    examples: list[Example]
+    metrics: dict[str, float]
+    predictions: Predictions
+    report: ClassReport
+
+
+def evaluate_splits(
+    config: TrainConfig,
+    *,
+    weights: Path | None = None,
+    splits: Sequence[str] = ("test",),
+    quiet: bool = False,
+) -> dict[str, SplitResult]:
+    """Evaluate `config.model` (optionally with a checkpoint's trained `weights` on top)
+    on the named splits of `config.task`, drawn exactly as training draws them."""
+    run = load_run(config, Printer(quiet))
+    if weights is not None:
+        load_weights(trainable_parameters(run.model, config), weights)
+    results = {}
+    for split in splits:
+        examples = list(getattr(run.splits, split))
+        metrics, predictions = run.predict(examples, progress=not quiet, desc=split)
+        report = class_report(examples, predictions)
+        results[split] = SplitResult(examples, metrics, predictions, report)
+    return results
+
+
 def evaluate_model(
     config: TrainConfig,
     *,
@@ -41,12 +76,6 @@ def evaluate_model(
     splits: Sequence[str] = ("test",),
     quiet: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate `config.model` (optionally with a checkpoint's trained `weights` on top)
-    on the named splits of `config.task`, drawn exactly as training draws them."""
-    run = load_run(config, Printer(quiet))
-    if weights is not None:
-        load_weights(trainable_parameters(run.model, config), weights)
-    return {
-        split: run.evaluate(getattr(run.splits, split), progress=not quiet, desc=split)
-        for split in splits
-    }
+    """The metrics of `evaluate_splits`, by split."""
+    results = evaluate_splits(config, weights=weights, splits=splits, quiet=quiet)
+    return {split: result.metrics for split, result in results.items()}

@@ -47,7 +47,15 @@ from agzo.train.evaluate_saved import evaluate_model
 from agzo.train.logging import MetricsLogger
 from agzo.train.objective import CandidateScorer, EncodedBatch, SequenceBatch
 from agzo.train.optimizers import build_optimizer, trainable_parameters
-from agzo.train.rundir import MODEL_DIR, SUMMARY, RunDirPlan, plan_run_dir
+from agzo.train.report import class_report, plot_confusion, write_predictions
+from agzo.train.rundir import (
+    CONFUSION_PLOT,
+    MODEL_DIR,
+    PREDICTIONS,
+    SUMMARY,
+    RunDirPlan,
+    plan_run_dir,
+)
 from agzo.train.setup import Printer, RunData, load_run, user_errors
 from agzo.train.summary import comparison, describe, run_summary, write_json
 
@@ -293,8 +301,13 @@ class _Session:
         tested_step = state.step if config.save_mode == "final" else best_step
         if tested_step != state.step:
             load_weights(self.named, best_weights_path(run_dir))
-        final_test = run.evaluate(run.splits.test, progress=not self.say.quiet, desc="final test")
+        test = run.splits.test
+        final_test, predictions = run.predict(test, progress=not self.say.quiet, desc="final test")
         self.log.log("test", state.step, phase="final", best_step=best_step, **final_test)
+        report = class_report(test, predictions)
+        write_predictions(run_dir / PREDICTIONS, test, predictions, "test")
+        plot_confusion(report, run_dir / CONFUSION_PLOT, title="final test")
+        self.say(report.table())
         if config.save_mode != "none":
             # The weights are already on disk (best/ or the last checkpoint): model/ links
             # them instead of holding a third copy.
@@ -303,7 +316,9 @@ class _Session:
         self.log.write_summaries()
         self.log.close()
         final = {"dev": state.best_metrics or {}, "test": final_test}
-        summary = run_summary(run, state, final, best_step, tested_step)
+        summary = run_summary(run, state, final, best_step, tested_step) | {
+            "test_report": report.to_json()
+        }
         write_json(run_dir / SUMMARY, summary)
         line = comparison(
             state.zero_shot["test"],
@@ -313,7 +328,7 @@ class _Session:
             run_dir,
             final_weights=config.save_mode == "final",
         )
-        print(line)
+        print(f"{line}\ntest {report.baseline_line()}")
         return TrainResult(
             output_dir=run_dir,
             metric=run.metric,

@@ -52,6 +52,7 @@ __all__ = [
     "CandidateScorer",
     "EncodedBatch",
     "EncodedExample",
+    "LOSS_DESCRIPTIONS",
     "LossKind",
     "PromptBatch",
     "ScoredBatch",
@@ -59,6 +60,20 @@ __all__ = [
 ]
 
 LossKind = Literal["lm", "candidates"]
+
+# What each training loss measures, in the words a run prints (README: "The two losses").
+LOSS_DESCRIPTIONS: dict[str, str] = {
+    "lm": (
+        "cross-entropy of the correct label word over the whole vocabulary. It also "
+        "falls when every label word becomes likelier than the rest of the vocabulary, "
+        "which does not change the prediction: judge a run by dev accuracy, or train with "
+        "--loss candidates"
+    ),
+    "candidates": (
+        "cross-entropy of a softmax over the label words only: it moves just the gap "
+        "between the correct word and the other label words, which decides the prediction"
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ from agzo.train.errors import TrainError
 from agzo.train.logging import METRICS_CSV, METRICS_JSONL, PLOT, TENSORBOARD_DIR
 
 __all__ = [
+    "CONFUSION_PLOT",
     "MODEL_DIR",
+    "PREDICTIONS",
     "RUN_OUTPUTS",
     "SUMMARY",
     "RunDirPlan",
@@ -32,6 +34,8 @@ __all__ = [
 
 MODEL_DIR = "model"
 SUMMARY = "summary.json"
+PREDICTIONS = "predictions.jsonl"  # the final test's predictions, one line per example
+CONFUSION_PLOT = "confusion.png"
 # Everything a run writes: what --overwrite may delete, and nothing else.
 RUN_OUTPUTS = (
     CONFIG,
@@ -39,6 +43,8 @@ RUN_OUTPUTS = (
     METRICS_CSV,
     PLOT,
     SUMMARY,
+    PREDICTIONS,
+    CONFUSION_PLOT,
     MODEL_DIR,
     CHECKPOINTS_DIR,
     BEST_DIR,

@@ -32,8 +32,8 @@ from agzo.tasks.registry import Task
 from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import CUSTOM_TASK, TrainConfig
 from agzo.train.errors import TrainError
-from agzo.train.evaluate import evaluate
-from agzo.train.objective import CandidateScorer, LossKind
+from agzo.train.evaluate import Predictions, evaluate, metrics_of, predict
+from agzo.train.objective import LOSS_DESCRIPTIONS, CandidateScorer, LossKind
 
 __all__ = ["Printer", "RunData", "load_run", "make_task", "resolve_device", "user_errors"]
 
@@ -90,6 +90,17 @@ class RunData:
             desc=desc,
         )
 
+    def predict(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+    ) -> tuple[dict[str, float], Predictions]:
+        """The task's metrics and every prediction (for a report and the predictions file)."""
+        batch_size = self.config.eval_batch_size
+        predictions = predict(
+            self.model, self.scorer, examples, batch_size, progress=progress, desc=desc
+        )
+        metric_fn = functools.partial(task_metric, self.task)
+        return metrics_of(examples, predictions, metric_fn), predictions
+
 
 def make_task(config: TrainConfig) -> Task:
     if config.task == CUSTOM_TASK:
@@ -140,9 +151,28 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         # that do not fit max_length before any step runs (and caches the encodings).
         encoded = scorer.encode([*splits.train, *splits.dev, *splits.test])
     if not all(e.single_token for e in encoded):
-        say("note: some candidates span several tokens: scoring runs one row per candidate")
+        say(f"note: {multi_token_note([*splits.train, *splits.dev, *splits.test], scorer)}")
+    why = "the default" if config.loss == "lm" else "chosen with --loss"
+    say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
     dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
     return RunData(config, task, splits, dev, model, tokenizer, scorer)
+
+
+def multi_token_note(examples: Sequence[Example], scorer: CandidateScorer) -> str:
+    """Which candidates span several tokens, and what that does to their scores."""
+    lengths: dict[str, int] = {}
+    for example, encoded in zip(examples, scorer.encode(examples)):
+        for text, ids in zip(example.candidates, encoded.candidate_ids):
+            if len(ids) > 1:
+                lengths[text] = len(ids)
+    shown = ", ".join(f"{text!r} ({n} tokens)" for text, n in list(lengths.items())[:5])
+    more = f" and {len(lengths) - 5} more" if len(lengths) > 5 else ""
+    return (
+        f"label words {shown}{more} span several tokens. A candidate scores by its mean "
+        "log-probability per token, and the tokens after the first are easy to predict once "
+        "the first is given, so multi-token words can win or lose for reasons unrelated to "
+        "the input; single-token label words (one short word each) score more reliably"
+    )
 
 
 @contextlib.contextmanager
