@@ -206,7 +206,7 @@ class TrainConfig:
     exclude: tuple[str, ...] | None = field(
         default=None, metadata=_help("never train parameters matching (glob/substring)")
     )
-    loss: str = field(default="lm", metadata=_help("lm | candidates (see objective.py)"))
+    loss: str = field(default="lm", metadata=_help("lm | candidates (README: the two losses)"))
     steps: int = field(default=DEFAULT_STEPS, metadata=_help("optimizer steps"))
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("examples per step"))
     seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
