@@ -225,7 +225,7 @@ def test_bad_data_and_paths_exit_2(
     labels = write_jsonl(tmp_path / "labels.jsonl", reviews(30))
     flags = ["--task", "custom", "--template", "{text}", "--labels", "0=bad,2=good"]
     message = run_error([*base, *flags, "--data-file", str(labels)], capsys)
-    assert "label 1" in message and "not in label_words" in message
+    assert "label 1" in message and "not one of the --labels values" in message
 
     message = run_error(
         ["train", "--model", str(tmp_path / "no-model"), "--output-dir", out], capsys

@@ -25,6 +25,7 @@ from agzo.models import (
 )
 from agzo.tasks.base import Example
 from agzo.testing import tiny_causal_lm, tiny_encoder, tiny_vocab_size
+from agzo.train.evaluate import predict
 from agzo.train.objective import CandidateScorer, PromptBatch
 from tests.conftest import LoadedModel
 
@@ -192,7 +193,7 @@ def test_smollm2_loads_scores_saves_and_reloads(smollm2: LoadedModel, tmp_path: 
         fast = scorer.scores(batch)
         general = scorer.scores(scorer.batch(examples, fast=False))
     torch.testing.assert_close(fast, general, atol=1e-4, rtol=0)
-    assert scorer.predict(examples) == [0, 1]
+    assert predict(model, scorer, examples).predicted == [0, 1]
 
     prompts = [f"Review: film number {i} was quite something.\nSentiment:" for i in range(16)]
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.tasks.base import Example
 from agzo.testing import tiny_causal_lm
-from agzo.train.evaluate import evaluate
+from agzo.train.evaluate import evaluate, predict
 from agzo.train.objective import CandidateScorer, PromptBatch, SequenceBatch
 
 # With the tiny tokenizer, " great", " terrible", " good", ... are single tokens.
@@ -199,7 +199,7 @@ def test_predictions_are_argmax_of_scores_and_encoding_is_cached(
     examples = SINGLE_TOKEN + MULTI_TOKEN
     with torch.no_grad():
         expected = [int(scorer.scores(scorer.batch([e]))[0].argmax()) for e in examples]
-    assert scorer.predict(examples, batch_size=3) == expected
+    assert predict(scorer.model, scorer, examples, batch_size=3).predicted == expected
     first = scorer.encode(examples)
     assert all(a is b for a, b in zip(first, scorer.encode(examples)))
 
@@ -218,7 +218,7 @@ def test_evaluate_reports_accuracy_loss_and_task_metrics(
 
     results = evaluate(model, scorer, examples, batch_size=2, metric_fn=metric_fn)
     assert model.training  # the caller's mode is restored
-    predictions = scorer.predict(examples)
+    predictions = predict(model, scorer, examples).predicted
     assert seen == [predictions]
     accuracy = sum(p == e.label for p, e in zip(predictions, examples)) / len(examples)
     assert results["accuracy"] == pytest.approx(accuracy)

@@ -443,7 +443,8 @@ def test_custom_task_errors(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "data.jsonl", review_rows(10) + [{"text": "x", "label": "meh"}])
     task = custom_task_from_spec(path, "{text}", labels="neg=negative,pos=positive")
     with pytest.raises(
-        TaskDataError, match=r"label 'meh' in .*data\.jsonl, line 11.*not in label_words"
+        TaskDataError,
+        match=r"label 'meh' in .*data\.jsonl, line 11.*not one of the --labels",
     ):
         load_splits(task, None, seed=0)
     task = custom_task_from_spec(path, "{sentence}", labels="neg=negative,pos=positive")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -31,15 +32,20 @@ from agzo.methods import all_option_names, methods
 from agzo.models import ModelLoadError
 from agzo.probes.commands import ProbeError, add_probe_parser, run_probe
 from agzo.tasks import TaskDataError, available_tasks, get_task
-from agzo.train.checkpoint import CheckpointError, is_checkpoint_dir, load_checkpoint
+from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import (
     CUSTOM_TASK,
     DEFAULT_TASK,
     ConfigError,
     TrainConfig,
     load_config_file,
+    suggest_setting,
 )
-from agzo.train.loop import MODEL_DIR, TrainError, TrainingInterrupted, evaluate_model, train
+from agzo.train.errors import TrainError
+from agzo.train.evaluate_saved import evaluate_splits, saved_settings
+from agzo.train.loop import TrainingInterrupted, train
+from agzo.train.report import write_predictions
+from agzo.train.rundir import RunFinished, check_writable_file
 
 __all__ = ["build_parser", "main"]
 
@@ -53,10 +59,34 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse prints the usage block and exits; we want one line, printed by main.
+        if message.startswith("unrecognized arguments:"):
+            unknown = [word for word in message.split()[2:] if word.startswith("--")]
+            guesses = [(word, suggest_setting(word.partition("=")[0])) for word in unknown]
+            hints = [
+                f"{word.partition('=')[0]}: did you mean {_flag(g)}?" for word, g in guesses if g
+            ]
+            if hints:
+                message += f" ({'; '.join(hints)})"
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+def _flag(name: str) -> str:
+    return _SHORT_FLAGS.get(name, ("--" + name.replace("_", "-"),))[0]
+
+
+def _as_typed(message: str, given: Sequence[str]) -> str:
+    """A config message with the settings the user gave as flags spelled as flags
+    (`batch_size must be >= 1` -> `--batch-size must be >= 1`)."""
+    for name in given:
+        if "_" in name:  # one-word settings read the same either way
+            message = re.sub(rf"(?<![\w-]){name}(?![\w])", _flag(name), message)
+    return message
+
+
 # --------------------------------------------------------------------------- parser
+
+# Settings whose field name is not what a user would type.
+_SHORT_FLAGS: dict[str, tuple[str, ...]] = {"save_mode": ("--save",)}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
@@ -64,7 +94,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | No
     for f in dataclasses.fields(TrainConfig):
         if f.name == "options" or (names is not None and f.name not in names):
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *_SHORT_FLAGS.get(f.name, ())]
         kind = str(f.type)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         kwargs["help"] = f.metadata.get("help", "")
@@ -78,7 +108,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str] | No
             kwargs["help"] += " (repeatable)"
         else:
             kwargs["metavar"] = f.name.upper()
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def _add_method_flags(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", dest="eval_batch_size", default=argparse.SUPPRESS, metavar="N"
     )
     eval_parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON")
+    eval_parser.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="write every prediction as JSON lines (with --split both: FILE-dev, FILE-test)",
+    )
     eval_parser.add_argument("--quiet", action="store_true", help="no progress output")
     _add_config_flags(
         eval_parser,
@@ -151,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
             "template",
             "labels",
             "label_field",
+            "columns",
             "n_train",
             "n_dev",
             "n_test",
@@ -194,45 +230,54 @@ def _train(args: argparse.Namespace) -> int:
         values.update(load_config_file(args.config))
     values.update(flags)
     config = TrainConfig.from_dict(values, source=args.config or "flags")
-    train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    try:
+        train(config, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    except RunFinished as finished:
+        print(f"agzo: {finished}")
     return 0
 
 
-_CUSTOM_FIELDS = ("data_dir", "data_file", "template", "labels", "label_field")
-
-
-def _eval_base(spec: str) -> tuple[dict[str, Any], Path | None]:
-    """Settings implied by what --model points at, and checkpoint weights if any."""
-    path = Path(spec)
-    if is_checkpoint_dir(path):
-        checkpoint = load_checkpoint(path)
-        return checkpoint.config().resolved(), checkpoint.weights_path
-    for run_dir, model_dir in ((path, path / MODEL_DIR), (path.parent, path)):
-        if (run_dir / "config.yaml").is_file() and (model_dir / "config.json").is_file():
-            base = TrainConfig.from_file(run_dir / "config.yaml").resolved()
-            return base | {"model": str(model_dir)}, None
-    return {"model": spec}, None
+_CUSTOM_FIELDS = ("data_dir", "data_file", "template", "labels", "label_field", "columns")
 
 
 def _eval(args: argparse.Namespace) -> int:
     flags = _config_values(args)
-    values, weights = _eval_base(flags.pop("model", TrainConfig.model))
+    values, weights = saved_settings(flags.pop("model", TrainConfig.model))
     if "task" in flags and flags["task"] != values.get("task"):
         for name in _CUSTOM_FIELDS:  # the run's own task data does not carry over
             values.pop(name, None)
     values.update(flags)
     config = TrainConfig.from_dict(values, source="flags")
+    for option, path in (("--output", args.output), ("--predictions", args.predictions)):
+        if path:
+            check_writable_file(Path(path), option)
     splits = ("dev", "test") if args.split == "both" else (args.split,)
-    results = evaluate_model(config, weights=weights, splits=splits, quiet=args.quiet)
-    for split, metrics in results.items():
+    results = evaluate_splits(config, weights=weights, splits=splits, quiet=args.quiet)
+    for split, result in results.items():
+        metrics = result.metrics
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_examples")
         print(f"{config.task} {split} ({int(metrics['n_examples'])} examples): {shown}")
+        print(f"  {result.report.baseline_line()}")
+        if not args.quiet:
+            print(result.report.table())
+    if args.predictions:
+        path = Path(args.predictions)
+        for split, result in results.items():
+            target = (
+                path if len(results) == 1 else path.with_name(f"{path.stem}-{split}{path.suffix}")
+            )
+            write_predictions(target, result.examples, result.predictions, split)
     if args.output:
         report: dict[str, Any] = {
             "model": config.model,
             "weights": str(weights) if weights else None,
         }
-        report |= {"task": config.task, "seed": config.seed, "results": results}
+        report |= {
+            "task": config.task,
+            "seed": config.seed,
+            "results": {split: result.metrics for split, result in results.items()},
+            "reports": {split: result.report.to_json() for split, result in results.items()},
+        }
         Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
@@ -280,6 +325,7 @@ def _one_line(error: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `agzo` command; returns the exit status (2 for bad input)."""
     parser = build_parser()
+    args = argparse.Namespace()
     try:
         args = parser.parse_args(argv)
         if getattr(args, "handler", None) is None:
@@ -295,7 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("agzo: interrupted", file=sys.stderr)
         return 130
     except (UsageError, *USER_ERRORS) as error:
-        print(f"agzo: error: {_one_line(error)}", file=sys.stderr)
+        message = _one_line(error)
+        if isinstance(error, ConfigError):
+            message = _as_typed(message, list(_config_values(args)))
+        print(f"agzo: error: {message}", file=sys.stderr)
         return 2
 
 

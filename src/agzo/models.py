@@ -20,7 +20,9 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +37,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from agzo.fileio import link_or_copy
+
 __all__ = [
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",
     "BuiltinModel",
     "ModelLoadError",
+    "check_model_spec",
+    "hub_reachable",
     "load_model",
     "prepare_tokenizer",
     "resolve_dtype",
@@ -142,6 +148,21 @@ def _path_source(path: Path) -> _Source:
     )
 
 
+def _looks_like_path(text: str) -> bool:
+    """Whether a spec that names nothing on disk was meant as a path, not a hub id.
+
+    A hub id is `name` or `owner/name`. A leading `.`, `~` or `/`, a backslash, two or
+    more separators, a `.gguf` ending, or an `owner` part that exists here as a folder
+    (`runs/does-not-exist`) all mean a mistyped path: asking the hub would only retry.
+    """
+    if text.endswith(".gguf") or text.startswith((".", "~", os.sep)) or "\\" in text:
+        return True
+    if not _HUB_ID.match(text):
+        return True
+    owner, separator, _ = text.partition("/")
+    return bool(separator) and Path(owner).is_dir()
+
+
 def _resolve(spec: str | os.PathLike[str]) -> _Source:
     text = os.fspath(spec)
     if text in BUILTIN_MODELS:
@@ -149,9 +170,32 @@ def _resolve(spec: str | os.PathLike[str]) -> _Source:
     path = Path(text).expanduser()
     if path.exists():
         return _path_source(path)
-    if text.endswith(".gguf") or text.startswith((".", "~", os.sep)) or not _HUB_ID.match(text):
+    if _looks_like_path(text):
         raise ModelLoadError(f"the path {text!r} does not exist; {_ACCEPTED_FORMS}")
     return _Source(location=text, from_hub=True)
+
+
+def check_model_spec(spec: str | os.PathLike[str]) -> None:
+    """Raise ModelLoadError now if `spec` cannot name a model (a missing path, a built-in
+    model whose package is not installed); reads only the local disk."""
+    _resolve(spec)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds.
+
+    Asking first lets an offline machine fail in seconds: the hub client itself retries
+    with back-off for close to a minute before giving up.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _require_gguf_support() -> None:
@@ -213,6 +257,8 @@ def load_model(
     """
     torch_dtype = resolve_dtype(dtype)
     source = _resolve(spec)
+    if source.from_hub and not local_files_only and not hub_reachable():
+        local_files_only = True  # a model already in the local hub cache still loads
     kwargs: dict[str, Any] = {"local_files_only": local_files_only}
     if source.gguf_file is not None:
         _require_gguf_support()
@@ -224,9 +270,15 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype, **kwargs)
     except OSError as error:
         if source.from_hub:
+            why = (
+                "the Hugging Face hub is not reachable from here and the model is not in "
+                "the local cache"
+                if local_files_only
+                else "the Hugging Face hub has no such model (or refused it)"
+            )
             raise ModelLoadError(
-                f"could not load {os.fspath(spec)!r}: no such local path, and the Hugging Face "
-                f"hub is not reachable from here (or has no such model); {_ACCEPTED_FORMS}"
+                f"could not load {os.fspath(spec)!r}: no such local path, and {why}; "
+                f"{_ACCEPTED_FORMS}"
             ) from error
         raise ModelLoadError(f"could not load {os.fspath(spec)!r}: {error}") from error
     _strip_quantizer(model)
@@ -273,6 +325,8 @@ def save_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
     out_dir: str | os.PathLike[str],
+    *,
+    weights_file: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Save in `save_pretrained` safetensors layout, replacing `out_dir` atomically.
 
@@ -280,6 +334,10 @@ def save_model(
     so a crash mid-save never leaves a half-written model. An existing `out_dir` is replaced
     only if it is empty or looks like a saved model (has config.json): a mistyped path must
     not delete an unrelated directory. Returns the directory written.
+
+    weights_file: a safetensors file already on disk holding the model's current weights.
+    When it holds every tensor save_pretrained would write, it is hard-linked as
+    model.safetensors instead of writing a second copy.
     """
     out = Path(out_dir).expanduser().absolute()
     if out.exists():
@@ -294,7 +352,10 @@ def save_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         savable = _dense_copy_for_saving(model) if _needs_dense_copy(model) else model
-        savable.save_pretrained(staging)
+        if weights_file is not None and _holds_every_tensor(savable, Path(weights_file)):
+            _save_pretrained_linked(savable, Path(weights_file), staging)
+        else:
+            savable.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         _replace_dir(staging, out)
@@ -302,6 +363,45 @@ def save_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _holds_every_tensor(model: PreTrainedModel, weights_file: Path) -> bool:
+    """Whether `weights_file` holds exactly the model's distinct tensors (tied ones once,
+    as save_pretrained writes them) under state-dict names, with their shapes and dtypes."""
+    from safetensors import safe_open
+
+    if not weights_file.is_file():
+        return False
+    state = model.state_dict()
+    with safe_open(str(weights_file), framework="pt") as handle:
+        saved = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118
+        if not saved.keys() <= state.keys():
+            return False
+        # Tied tensors share their storage: one saved name covers all their names.
+        covered = {(state[name].data_ptr(), state[name].numel()): name for name in saved}
+        for tensor in state.values():
+            name = covered.get((tensor.data_ptr(), tensor.numel()))
+            if name is None:
+                return False  # a frozen parameter or a buffer that the file lacks
+            stored = saved[name]
+            if list(stored.get_shape()) != list(tensor.shape):
+                return False
+            if stored.get_dtype() != _SAFETENSORS_DTYPES.get(tensor.dtype):
+                return False
+    return True
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def _save_pretrained_linked(model: PreTrainedModel, weights_file: Path, out: Path) -> None:
+    """save_pretrained's files, with model.safetensors a hard link to `weights_file`."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out)
+    link_or_copy(weights_file, out / "model.safetensors")
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -86,12 +86,14 @@ class CustomTask:
         verbatim (include the leading space, e.g. " positive"). Its order fixes the
         candidate order.
     label_field: the record field holding the label.
+    columns: the column names of CSV/TSV files that have no header row.
     """
 
     path: Path
     template: str
     label_words: Mapping[str, str]
     label_field: str = "label"
+    columns: tuple[str, ...] | None = None
     name: str = "custom"
     metric: str = "accuracy"
     description: str = "user-defined task"
@@ -130,7 +132,7 @@ class CustomTask:
             return keys.index(folded[0])
         raise TaskDataError(
             f"{self.name}: label {raw!r} in {record.where()} (field '{self.label_field}') "
-            f"is not in label_words (known labels: {', '.join(repr(k) for k in keys)})"
+            f"is not one of the --labels values (known labels: {', '.join(repr(k) for k in keys)})"
         )
 
     def to_example(self, record: Record) -> Example:
@@ -142,7 +144,7 @@ class CustomTask:
         )
 
     def read_units(self, path: Path, seen: set[tuple[str, tuple[str, ...]]]) -> list[Unit]:
-        records = read_records(path)
+        records = read_records(path, self.columns)
         units, _ = dedupe(to_units(self.to_example(record) for record in records), seen)
         if not units:
             raise TaskDataError(f"{self.name}: {path} holds no examples")
@@ -174,6 +176,7 @@ class CustomTask:
             )
         test_path = _find_role_file(path, TEST_STEMS, self.name)
         dev_path = _find_role_file(path, DEV_STEMS, self.name)
+        notes.append(_files_note(self.name, path, [train_path, dev_path, test_path]))
         # Evaluation files claim their examples first, so duplicates leave the train pool.
         test_units = self.read_units(test_path, seen) if test_path else None
         dev_units = self.read_units(dev_path, seen) if dev_path else None
@@ -198,6 +201,25 @@ class CustomTask:
             parts = split_carved(train_units, [], sizes, rng)
             limited_by = train_path.name
         return finish(self.name, parts, sizes, notes, limited_by)
+
+
+def _files_note(task_name: str, folder: Path, used: Sequence[Path | None]) -> str:
+    """Which files of a data folder are read, and which are not (so none is ignored
+    without a word: `train_full.jsonl` beside `train.jsonl` is not read)."""
+    read = [p.name for p in used if p is not None]
+    skipped = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name not in read
+    )
+    note = f"{task_name}: read {', '.join(read)} from {folder}"
+    if skipped:
+        roles = "/".join((*TRAIN_STEMS, *DEV_STEMS, *TEST_STEMS))
+        note += (
+            f"; not read: {', '.join(skipped)} (a folder's files are {roles} with "
+            f"{'/'.join(SUPPORTED_SUFFIXES)}; pass a single file with --data-file to use it)"
+        )
+    return note
 
 
 def _find_role_file(folder: Path, stems: Sequence[str], task_name: str) -> Path | None:
@@ -226,13 +248,17 @@ def parse_label_spec(spec: str) -> dict[str, str]:
         value = value.strip()
         word = word.strip() if sep else value
         if not value or not word:
-            raise ValueError(f"bad label spec item {item!r} in {spec!r}: expected value=word")
+            raise ValueError(
+                f"bad label spec item {item!r} in {spec!r}: expected value=word pairs "
+                "separated by commas, e.g. '0=negative,1=positive'"
+            )
         if value in label_words:
             raise ValueError(f"label {value!r} appears twice in label spec {spec!r}")
         label_words[value] = " " + word
     if len(label_words) < 2:
         raise ValueError(
-            f"label spec {spec!r} needs at least two labels, e.g. '0=negative,1=positive'"
+            f"label spec {spec!r} needs at least two labels: expected value=word pairs "
+            "separated by commas, e.g. '0=negative,1=positive'"
         )
     return label_words
 
@@ -243,6 +269,7 @@ def custom_task_from_spec(
     labels: str,
     label_field: str = "label",
     name: str = "custom",
+    columns: str | None = None,
 ) -> CustomTask:
     """Build a `CustomTask` from plain strings, as given on a command line.
 
@@ -257,6 +284,7 @@ def custom_task_from_spec(
         leading space (" negative"), because candidates are appended to the prompt
         verbatim; words cannot contain commas.
     label_field: the field (column) holding the label.
+    columns: comma-separated column names of CSV/TSV files without a header row.
     """
     return CustomTask(
         path=Path(path),
@@ -264,4 +292,16 @@ def custom_task_from_spec(
         label_words=parse_label_spec(labels),
         label_field=label_field,
         name=name,
+        columns=parse_columns(columns) if columns else None,
     )
+
+
+def parse_columns(spec: str) -> tuple[str, ...]:
+    """ "text,label" -> ("text", "label"); names must be distinct and non-empty."""
+    names = tuple(name.strip() for name in spec.split(","))
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise ValueError(
+            f"columns {spec!r}: expected distinct column names separated by commas, "
+            "e.g. 'text,label'"
+        )
+    return names

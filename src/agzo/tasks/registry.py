@@ -72,14 +72,17 @@ def load_splits(
         like ../shared/data). None fetches benchmarks from the Hugging Face hub when
         `datasets` is installed; generated tasks need no data.
     n_train / n_dev / n_test: requested sizes; None takes `default_sizes(task)`. Smaller
-        data yields smaller splits, recorded in the returned `notes`.
+        data yields smaller splits, the default-sized ones first, recorded in the returned
+        `notes`; an explicit size that cannot be met is listed in `warnings`.
     """
     task = resolve(task_name)
     defaults = task.default_sizes()
+    requested = {"train": n_train, "dev": n_dev, "test": n_test}
     sizes = SplitSizes(
         train=defaults.train if n_train is None else n_train,
         dev=defaults.dev if n_dev is None else n_dev,
         test=defaults.test if n_test is None else n_test,
+        explicit=frozenset(name for name, n in requested.items() if n is not None),
     )
     check_sizes(sizes)
     return task.load_splits(None if data_dir is None else Path(data_dir), seed, sizes)

@@ -28,11 +28,24 @@ Unit = tuple[Example, ...]
 
 
 class SplitSizes(NamedTuple):
-    """Requested number of examples per split."""
+    """Requested number of examples per split.
+
+    explicit: the splits ("train", "dev", "test") whose size the user asked for, rather
+    than the task's default: small data shrinks the others first, and an explicit size
+    that cannot be met is a warning (`TaskSplits.warnings`), not a quiet note.
+    """
 
     train: int
     dev: int
     test: int
+    explicit: frozenset[str] = frozenset()
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        return (self.train, self.dev, self.test)
+
+
+SPLIT_NAMES = ("train", "dev", "test")
 
 
 # MeZO's sizes; CB and COPA override dev to 100 (see `BenchmarkTask.default_dev`).
@@ -49,11 +62,13 @@ class TaskSplits:
     dev: list[Example]
     test: list[Example]
     notes: list[str] = field(default_factory=list)
+    # Problems with the numbers a run will report (explicit sizes not met); print loudly.
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_sizes(sizes: SplitSizes) -> None:
     """Reject non-positive sizes early with the offending argument's name."""
-    for name, value in zip(("n_train", "n_dev", "n_test"), sizes):
+    for name, value in zip(("n_train", "n_dev", "n_test"), sizes.counts):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
@@ -125,12 +140,22 @@ def take(units: Sequence[Unit], n: int) -> tuple[list[Example], list[Unit]]:
 
 
 def scale_to(sizes: SplitSizes, available: int) -> SplitSizes:
-    """Shrink all three sizes proportionally when the data holds fewer examples than
-    requested in total, so no split is starved (each keeps at least one example)."""
-    requested = sum(sizes)
+    """Shrink the sizes proportionally when the data holds fewer examples than requested
+    in total, so no split is starved (each keeps at least one example). Explicitly
+    requested sizes are kept while they fit: only the default ones shrink."""
+    requested = sum(sizes.counts)
     if available >= requested:
         return sizes
-    return SplitSizes(*(max(1, size * available // requested) for size in sizes))
+    kept = sum(n for name, n in zip(SPLIT_NAMES, sizes.counts) if name in sizes.explicit)
+    scaled = [name for name in SPLIT_NAMES if name not in sizes.explicit]
+    if not sizes.explicit or not scaled or kept + len(scaled) > available:
+        train, dev, test = (max(1, n * available // requested) for n in sizes.counts)
+        return SplitSizes(train, dev, test, sizes.explicit)
+    rest, shrinking = available - kept, sum(getattr(sizes, name) for name in scaled)
+    shares = {name: max(1, getattr(sizes, name) * rest // shrinking) for name in scaled}
+    shares[scaled[0]] += rest - sum(shares.values())  # what rounding left goes to the first
+    train, dev, test = (shares.get(name, n) for name, n in zip(SPLIT_NAMES, sizes.counts))
+    return SplitSizes(train, dev, test, sizes.explicit)
 
 
 def split_with_train_pool(
@@ -210,7 +235,14 @@ def finish(
                 f"examples for train/dev/test (got {len(train)}/{len(dev)}/{len(test)})"
             )
     got = SplitSizes(len(train), len(dev), len(test))
-    if got != sizes:
+    warnings = [
+        f"{task_name}: {name} size {wanted} was asked for (--n-{name}), but {name} has "
+        f"{have} examples ({limited_by} holds too few); the run uses train/dev/test = "
+        f"{got.train}/{got.dev}/{got.test}"
+        for name, wanted, have in zip(SPLIT_NAMES, sizes.counts, got.counts)
+        if name in sizes.explicit and have < wanted
+    ]
+    if got.counts != sizes.counts:
         grouped = any(example.group is not None for example in (*train, *dev, *test))
         why = f"limited by {limited_by}" + (
             "; grouped examples (e.g. all answers to one question) stay in one split, "
@@ -222,4 +254,4 @@ def finish(
             f"{task_name}: train/dev/test = {got.train}/{got.dev}/{got.test}, requested "
             f"{sizes.train}/{sizes.dev}/{sizes.test} ({why})"
         )
-    return TaskSplits(train=train, dev=dev, test=test, notes=notes)
+    return TaskSplits(train=train, dev=dev, test=test, notes=notes, warnings=warnings)

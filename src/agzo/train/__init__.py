@@ -12,16 +12,11 @@ from agzo.train.config import (
     TrainConfig,
     load_config_file,
 )
+from agzo.train.errors import TrainError
 from agzo.train.evaluate import evaluate
+from agzo.train.evaluate_saved import evaluate_model
 from agzo.train.logging import MetricsLogger, plot_metrics
-from agzo.train.loop import (
-    TrainError,
-    TrainingInterrupted,
-    TrainResult,
-    evaluate_model,
-    sample_minibatch,
-    train,
-)
+from agzo.train.loop import TrainingInterrupted, TrainResult, sample_minibatch, train
 from agzo.train.objective import CandidateScorer
 from agzo.train.optimizers import build_optimizer, trainable_parameters
 

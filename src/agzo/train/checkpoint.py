@@ -10,6 +10,7 @@ Layout of a run directory (only what this module owns):
         metrics.jsonl         the metrics log up to this step
         config.yaml           the resolved config of the run
         best.safetensors      hard link to the best-on-dev weights as of this step
+    (weights.safetensors is itself a hard link to them when this step is the best one)
     best/weights.safetensors, best/meta.json   the best-on-dev weights so far
 
 A checkpoint is written to a temporary directory and renamed into place (`os.replace`),
@@ -36,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from agzo.fileio import link_or_copy
 from agzo.train.config import TrainConfig
 
 __all__ = [
@@ -92,7 +94,6 @@ class TrainState:
     last_dev: dict[str, float] | None = None
     train_seconds: float = 0.0
     skipped_steps: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}
@@ -101,6 +102,7 @@ class TrainState:
     def from_json(cls, data: dict[str, Any]) -> TrainState:
         data = dict(data)
         version = data.pop("format", None)
+        data.pop("extra", None)  # an unused field that earlier checkpoints wrote
         if version != FORMAT:
             raise CheckpointError(f"unsupported checkpoint format {version!r} (expected {FORMAT})")
         return cls(**data)
@@ -114,7 +116,9 @@ def save_weights(named_params: NamedParams, path: Path) -> None:
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in named_params}
     staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        save_file(tensors, str(staging))
+        # The metadata save_pretrained writes: a file of every parameter can then be
+        # linked as a model directory's model.safetensors.
+        save_file(tensors, str(staging), metadata={"format": "pt"})
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
@@ -155,19 +159,6 @@ def save_best(
     return folder / WEIGHTS
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Make `target` the content of `source`, atomically; a hard link costs no space."""
-    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        try:
-            os.link(source, staging)
-        except OSError:  # no hard links on this file system
-            shutil.copyfile(source, staging)
-        os.replace(staging, target)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -205,15 +196,18 @@ def save_checkpoint(
     staging = folder / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        save_weights(named_params, staging / WEIGHTS)
+        best = best_weights_path(run_dir)
+        if best.is_file() and state.best_step == state.step:
+            link_or_copy(best, staging / WEIGHTS)  # the same weights: no second copy
+        else:
+            save_weights(named_params, staging / WEIGHTS)
         torch.save(optimizer.state_dict(), staging / OPTIMIZER)
         torch.save(_rng_state(), staging / RNG)
         _write_json(staging / STATE, state.to_json())
         _write_jsonl(staging / METRICS, metrics)
         config.save(staging / CONFIG)
-        best = best_weights_path(run_dir)
         if best.is_file():
-            _link_or_copy(best, staging / BEST_LINK)
+            link_or_copy(best, staging / BEST_LINK)
         _replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -273,7 +267,7 @@ class Checkpoint:
         best = self.path / BEST_LINK
         if best.is_file() and self.state.best_step is not None:
             (run_dir / BEST_DIR).mkdir(parents=True, exist_ok=True)
-            _link_or_copy(best, best_weights_path(run_dir))
+            link_or_copy(best, best_weights_path(run_dir))
             meta = {"step": self.state.best_step, "dev": self.state.best_metrics}
             _write_json(run_dir / BEST_DIR / "meta.json", meta)
 

@@ -32,9 +32,9 @@ import torch
 import yaml
 
 from agzo.methods import Method, all_option_names, get_method, method_names
-from agzo.models import DEFAULT_MODEL
+from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
 from agzo.tasks import available_tasks
-from agzo.tasks.custom import parse_label_spec, template_fields
+from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
 
 __all__ = [
     "CUSTOM_TASK",
@@ -46,10 +46,12 @@ __all__ = [
     "DEFAULT_TASK",
     "DTYPES",
     "RESUMABLE_CHANGES",
+    "SAVE_CHOICES",
     "ConfigError",
     "TrainConfig",
     "default_output_dir",
     "load_config_file",
+    "suggest_setting",
 ]
 
 
@@ -77,6 +79,8 @@ DEFAULT_CHECKPOINT_EVERY = 50
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 LOSSES: tuple[str, ...] = ("lm", "candidates")
+# What a run's model/ directory holds (and what its final test evaluates).
+SAVE_CHOICES: tuple[str, ...] = ("best", "final", "none")
 
 # Settings a resumed run may change: they decide how long to train and how often to
 # look, not what is trained. Anything else differing from the saved config is an error.
@@ -89,6 +93,7 @@ RESUMABLE_CHANGES = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "tensorboard",
+        "save_mode",
         "output_dir",
         "device",
     }
@@ -127,6 +132,9 @@ class TrainConfig:
     label_field: str | None = field(
         default=None, metadata=_help("custom task: column holding the label (default: label)")
     )
+    columns: str | None = field(
+        default=None, metadata=_help("custom task: column names of a CSV/TSV without header")
+    )
     # How to train.
     optimizer: str = field(
         default="agzo", metadata=_help("method (see `agzo methods`): " + " | ".join(method_names()))
@@ -143,7 +151,7 @@ class TrainConfig:
     exclude: tuple[str, ...] | None = field(
         default=None, metadata=_help("never train parameters matching (glob/substring)")
     )
-    loss: str = field(default="lm", metadata=_help("lm | candidates (see objective.py)"))
+    loss: str = field(default="lm", metadata=_help("lm | candidates (README: the two losses)"))
     steps: int = field(default=DEFAULT_STEPS, metadata=_help("optimizer steps"))
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("examples per step"))
     seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
@@ -171,15 +179,30 @@ class TrainConfig:
     )
     keep_checkpoints: int = field(default=1, metadata=_help("how many checkpoints to keep"))
     tensorboard: bool = field(default=True, metadata=_help("TensorBoard logs when installed"))
+    save_mode: str = field(  # the flag is --save
+        default="best",
+        metadata=_help("what model/ holds: best (on dev) | final (last step) | none"),
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
         object.__setattr__(self, "optimizer", self.optimizer.strip().lower())
         object.__setattr__(self, "task", self.task.strip().lower())
+        self._make_paths_absolute()
         self._check_method()
         self._check_task()
         self._check_ranges()
+
+    def _make_paths_absolute(self) -> None:
+        """Store paths as absolute ones, so that the saved config still finds the data
+        and model when `agzo eval` or `--resume` runs from another directory."""
+        for name in ("data_dir", "data_file", "output_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _absolute(value))
+        if self.model not in BUILTIN_MODELS and Path(self.model).expanduser().exists():
+            object.__setattr__(self, "model", _absolute(self.model))
 
     # -- validation -----------------------------------------------------------------------
     def _check_method(self) -> None:
@@ -207,7 +230,7 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def _check_task(self) -> None:
-        custom_fields = ("data_file", "template", "labels", "label_field")
+        custom_fields = ("data_file", "template", "labels", "label_field", "columns")
         if self.task != CUSTOM_TASK:
             if self.task not in available_tasks():
                 close = difflib.get_close_matches(self.task, available_tasks(), n=1)
@@ -236,6 +259,8 @@ class TrainConfig:
         try:
             template_fields(self.template or "")
             parse_label_spec(self.labels or "")
+            if self.columns is not None:
+                parse_columns(self.columns)
         except ValueError as error:
             raise ConfigError(str(error)) from error
 
@@ -259,6 +284,10 @@ class TrainConfig:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.save_mode not in SAVE_CHOICES:
+            raise ConfigError(
+                f"unknown save mode {self.save_mode!r}; choose one of {', '.join(SAVE_CHOICES)}"
+            )
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.device != "auto":
@@ -334,8 +363,8 @@ class TrainConfig:
                     options[name] = value
                 continue
             if name not in known:
-                close = difflib.get_close_matches(name, known + method_settings, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                close = suggest_setting(name)
+                hint = f" (did you mean {close!r}?)" if close else ""
                 raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
             clean[name] = value
         return cls(**clean, options=options)
@@ -353,6 +382,50 @@ class TrainConfig:
         staging = target.with_name(f".{target.name}.tmp")
         staging.write_text(yaml.safe_dump(self.resolved(), sort_keys=False), encoding="utf-8")
         os.replace(staging, target)
+
+
+# Names other tools use for a setting (Hugging Face's TrainingArguments, common scripts),
+# which spelling-distance alone would not lead back to ours.
+_SETTING_ALIASES: dict[str, str] = {
+    "learning_rate": "lr",
+    "epsilon": "eps",
+    "mu": "eps",
+    "max_steps": "steps",
+    "num_steps": "steps",
+    "train_steps": "steps",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "bs": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "model_name": "model",
+    "model_name_or_path": "model",
+    "method": "optimizer",
+    "optim": "optimizer",
+    "dataset": "task",
+    "train_file": "data_file",
+    "data": "data_file",
+    "output": "output_dir",
+    "out_dir": "output_dir",
+    "max_seq_length": "max_length",
+    "torch_dtype": "dtype",
+    "precision": "dtype",
+    "label_column": "label_field",
+    "eval_steps": "eval_every",
+    "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+    "save": "save_mode",
+}
+
+
+def suggest_setting(name: str) -> str | None:
+    """The setting a mistyped or foreign name most likely means (None: no good guess)."""
+    name = name.strip().lstrip("-").replace("-", "_").lower()
+    if name in _SETTING_ALIASES:
+        return _SETTING_ALIASES[name]
+    known = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "options"]
+    known += [n for n in all_option_names() if n not in known]
+    close = difflib.get_close_matches(name, [*known, *_SETTING_ALIASES], n=1)
+    return _SETTING_ALIASES.get(close[0], close[0]) if close else None
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -391,6 +464,12 @@ def default_output_dir(config: TrainConfig, root: str | os.PathLike[str] = "runs
 
 
 # --------------------------------------------------------------------------- coercion
+
+
+def _absolute(path: str) -> str:
+    """`path` made absolute against the working directory (`~` expanded, `..` removed);
+    symbolic links are kept, since they may be how the user names the place."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _flag(name: str) -> str:

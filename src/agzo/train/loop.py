@@ -1,20 +1,18 @@
-"""The fine-tuning loop: `train(config)`, and `evaluate_model` for saved models.
+"""The fine-tuning loop: `train(config)`.
 
 The loop reads top to bottom: zero-shot evaluation, then one minibatch and one optimizer
 step per iteration (zeroth-order: a loss closure evaluated under no_grad; first-order:
 backward through the same loss), dev evaluation every `eval_every` steps keeping the
 best weights on disk, checkpoints every `checkpoint_every` steps, and at the end the best
 weights evaluated on test and saved. Everything that could go wrong with the user's input
-(data, model path, output directory, resume) fails before the first step, with a message.
+(data, model path, output directory, resume) fails before the first step, with a message
+(rundir.py and setup.py); summary.py writes what the run reports.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import os
-import shutil
 import signal
 import sys
 import threading
@@ -24,43 +22,42 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.core.optimizer import ZerothOrderOptimizer
-from agzo.models import load_model, save_model
+from agzo.models import save_model
 from agzo.seeding import derive_seed
-from agzo.tasks import (
-    Example,
-    TaskDataError,
-    TaskSplits,
-    custom_task_from_spec,
-    get_task,
-    load_splits,
-    task_metric,
-)
-from agzo.tasks.registry import Task
+from agzo.tasks import Example
 from agzo.train.checkpoint import (
-    BEST_DIR,
-    CHECKPOINTS_DIR,
     CONFIG,
-    Checkpoint,
-    CheckpointError,
+    WEIGHTS,
     TrainState,
     best_weights_path,
-    latest_checkpoint,
     load_weights,
     save_best,
     save_checkpoint,
 )
-from agzo.train.config import CUSTOM_TASK, TrainConfig, default_output_dir
-from agzo.train.evaluate import evaluate
-from agzo.train.logging import METRICS_CSV, METRICS_JSONL, PLOT, TENSORBOARD_DIR, MetricsLogger
-from agzo.train.objective import CandidateScorer, EncodedBatch, LossKind, SequenceBatch
+from agzo.train.config import TrainConfig
+from agzo.train.errors import TrainError
+from agzo.train.evaluate_saved import evaluate_model
+from agzo.train.logging import MetricsLogger
+from agzo.train.objective import CandidateScorer, EncodedBatch, SequenceBatch
 from agzo.train.optimizers import build_optimizer, trainable_parameters
+from agzo.train.report import class_report, plot_confusion, write_predictions
+from agzo.train.rundir import (
+    CONFUSION_PLOT,
+    MODEL_DIR,
+    PREDICTIONS,
+    SUMMARY,
+    RunDirPlan,
+    plan_run_dir,
+)
+from agzo.train.setup import Printer, RunData, load_run, user_errors
+from agzo.train.summary import comparison, describe, run_summary, write_json
 
 __all__ = [
     "RunData",
@@ -73,26 +70,8 @@ __all__ = [
     "train",
 ]
 
-MODEL_DIR = "model"
-SUMMARY = "summary.json"
-# Everything a run writes: what --overwrite may delete, and nothing else.
-RUN_OUTPUTS = (
-    CONFIG,
-    METRICS_JSONL,
-    METRICS_CSV,
-    PLOT,
-    SUMMARY,
-    MODEL_DIR,
-    CHECKPOINTS_DIR,
-    BEST_DIR,
-    TENSORBOARD_DIR,
-)
 # Keeps the data-order seeds apart from the optimizer's own (seed, step) noise seeds.
 _DATA_STREAM = 7
-
-
-class TrainError(ValueError):
-    """The run cannot start as asked (output directory, resume, data, model, patterns)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -111,8 +90,9 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @dataclass
 class TrainResult:
-    """What a finished run produced. `model` holds the best-on-dev weights (also saved
-    to `output_dir/model`); `summary` is the content of summary.json."""
+    """What a finished run produced. `model` holds the tested weights (best on dev unless
+    `save` is "final"; saved to `output_dir/model` unless "none"); `summary` is the content
+    of summary.json."""
 
     output_dir: Path
     metric: str
@@ -147,176 +127,219 @@ def train(
     """
     # Check everything that can fail before writing anything: a typo must not leave a
     # half-made run directory behind that blocks the corrected command.
-    run_dir, checkpoint, clear = _check_run_dir(config, resume=resume, overwrite=overwrite)
-    config = config.replace(output_dir=str(run_dir))
-    say = _Printer(quiet)
+    plan = plan_run_dir(config, resume=resume, overwrite=overwrite)
+    config = config.replace(output_dir=str(plan.path))
+    say = Printer(quiet)
     run = load_run(config, say)
-    model, scorer = run.model, run.scorer
-    with _user_errors("optimizer"):
-        optimizer = build_optimizer(model, config)
-    named = trainable_parameters(model, config)
-    if clear:
-        _clear_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / CONFIG)
-    state = TrainState()
-    if checkpoint is not None:
-        checkpoint.restore(run_dir, named, optimizer)
-        state = checkpoint.state
-        say(f"resumed from {checkpoint.path} (step {state.step} of {config.steps})")
-    log = MetricsLogger(
-        run_dir,
-        checkpoint.metrics if checkpoint is not None else (),
-        metric=run.metric,
-        tensorboard=config.tensorboard,
-        start_step=state.step,
-    )
+    with user_errors("optimizer"):
+        optimizer = build_optimizer(run.model, config)
+    session = _Session.start(run, optimizer, plan, say)
+    try:
+        session.evaluate_zero_shot()
+        session.open_progress_bar()  # here, so that its ETA counts training steps only
+        for step in range(session.state.step + 1, config.steps + 1):
+            loss = session.step(step)
+            if on_step is not None:
+                on_step(step, loss)
+        session.close()
+    except KeyboardInterrupt:
+        raise session.interrupted() from None
+    return session.finish()
 
-    def evaluate_dev(step: int) -> dict[str, float]:
-        metrics = run.evaluate(run.dev, progress=step == 0 and not quiet, desc="zero-shot dev")
+
+class _Session:
+    """The state of one run between its steps: weights, optimizer, progress, metrics log."""
+
+    def __init__(
+        self,
+        run: RunData,
+        optimizer: torch.optim.Optimizer,
+        named: list[tuple[str, torch.nn.Parameter]],
+        run_dir: Path,
+        state: TrainState,
+        log: MetricsLogger,
+        say: Printer,
+        saved_at: int,
+    ) -> None:
+        self.run, self.optimizer, self.run_dir = run, optimizer, run_dir
+        self.config = run.config
+        self.named = named
+        self.state, self.log, self.say = state, log, say
+        self.saved_at = saved_at  # step of the latest checkpoint (-1: none yet)
+        self.last_saved: Path | None = None  # its weights file, once this session saved one
+        self.bar = tqdm(disable=True)  # the real bar starts with the first step
+        self.recent: deque[float] = deque(maxlen=20)  # running mean shown on the bar
+
+    @classmethod
+    def start(
+        cls, run: RunData, optimizer: torch.optim.Optimizer, plan: RunDirPlan, say: Printer
+    ) -> _Session:
+        """Create the run directory (the first write), restore a checkpoint if resuming."""
+        named = trainable_parameters(run.model, run.config)
+        plan.prepare()
+        run.config.save(plan.path / CONFIG)
+        state, checkpoint = TrainState(), plan.checkpoint
+        if checkpoint is not None:
+            checkpoint.restore(plan.path, named, optimizer)
+            state = checkpoint.state
+            say(f"resumed from {checkpoint.path} (step {state.step} of {run.config.steps})")
+        log = MetricsLogger(
+            plan.path,
+            checkpoint.metrics if checkpoint is not None else (),
+            metric=run.metric,
+            tensorboard=run.config.tensorboard,
+            start_step=state.step,
+        )
+        saved_at = state.step if checkpoint is not None else -1
+        return cls(run, optimizer, named, plan.path, state, log, say, saved_at)
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate_dev(self, step: int) -> dict[str, float]:
+        """Dev metrics at `step`; better than the best so far: its weights become best/."""
+        run, state = self.run, self.state
+        progress = step == 0 and not self.say.quiet
+        metrics = run.evaluate(run.dev, progress=progress, desc="zero-shot dev")
         if _better(metrics, state.best_metrics, run.metric):
             with _ctrl_c_deferred("saving the best weights"):  # files and state agree
-                save_best(run_dir, named, step, metrics)  # on disk: no second model in memory
+                save_best(self.run_dir, self.named, step, metrics)  # on disk, not in memory
                 state.best_step, state.best_metrics = step, metrics
-        log.log("dev", step, **metrics)
+        self.log.log("dev", step, **metrics)
         state.last_eval_step, state.last_dev = step, metrics
         return metrics
 
-    def save() -> Path:
-        return save_checkpoint(
-            run_dir,
-            named_params=named,
-            optimizer=optimizer,
-            state=state,
-            metrics=log.upto(state.step),
-            config=config,
-            keep=config.keep_checkpoints,
+    def evaluate_zero_shot(self) -> None:
+        """Dev and test before any step (skipped on resume: the checkpoint holds them)."""
+        run, state = self.run, self.state
+        if "dev" not in state.zero_shot:
+            state.zero_shot["dev"] = self.evaluate_dev(0)
+        if "test" not in state.zero_shot:
+            test = run.evaluate(run.splits.test, progress=not self.say.quiet, desc="zero-shot test")
+            state.zero_shot["test"] = test
+            self.log.log("test", 0, phase="zero-shot", **test)
+            self.say(describe("zero-shot", state.zero_shot, run.metric))
+        if state.step > 0 and self.eval_due(state.step) and state.last_eval_step < state.step:
+            self.evaluate_dev(state.step)  # the run was interrupted during this evaluation
+
+    def eval_due(self, step: int) -> bool:
+        return step % self.config.eval_every == 0 or step == self.config.steps
+
+    # -- steps ----------------------------------------------------------------------------
+    def open_progress_bar(self) -> None:
+        self.bar = tqdm(
+            total=self.config.steps,
+            initial=self.state.step,
+            desc="train",
+            unit="step",
+            disable=self.say.quiet,
         )
 
-    def eval_due(step: int) -> bool:
-        return step % config.eval_every == 0 or step == config.steps
-
-    bar = tqdm(disable=True)  # the real bar starts with the first step
-    recent: deque[float] = deque(maxlen=20)  # running mean shown on the progress bar
-    saved_at = state.step if checkpoint is not None else -1
-    try:
-        if "dev" not in state.zero_shot:
-            state.zero_shot["dev"] = evaluate_dev(0)
-        if "test" not in state.zero_shot:
-            state.zero_shot["test"] = run.evaluate(
-                run.splits.test, progress=not quiet, desc="zero-shot test"
-            )
-            log.log("test", 0, phase="zero-shot", **state.zero_shot["test"])
-            say(_describe("zero-shot", state.zero_shot, run.metric))
-        if state.step > 0 and eval_due(state.step) and state.last_eval_step < state.step:
-            evaluate_dev(state.step)  # the run was interrupted during this evaluation
-
-        # Created here so that its ETA counts training steps only, not the evaluations above.
-        bar = tqdm(total=config.steps, initial=state.step, desc="train", unit="step", disable=quiet)
-        for step in range(state.step + 1, config.steps + 1):
-            batch = training_batch(
-                scorer, sample_minibatch(run.splits.train, config.seed, step, config.batch_size)
-            )
-            started = time.perf_counter()
-            loss: torch.Tensor | float | None
-            with _ctrl_c_deferred("this step"):
-                if isinstance(optimizer, ZerothOrderOptimizer):
-                    model.eval()  # no dropout: the passes of one difference see one network
-                    loss = optimizer.step(
-                        functools.partial(scorer.loss, batch), attention_mask=batch.attention_mask
-                    )
-                else:
-                    model.train()
-                    loss = _backward(optimizer, scorer, batch)
-                    if loss is not None:
-                        optimizer.step()
-                state.step = step
+    def step(self, step: int) -> float | None:
+        """One optimizer step, then the evaluation and checkpoint due at it."""
+        config, run, state = self.config, self.run, self.state
+        examples = sample_minibatch(run.splits.train, config.seed, step, config.batch_size)
+        batch = training_batch(run.scorer, examples)
+        started = time.perf_counter()
+        # The step is logged inside the deferred block: when Ctrl-C arrives during it, the
+        # checkpoint saved next holds this step, and so must metrics.jsonl, CSV and plot.
+        with _ctrl_c_deferred("this step"):
+            loss = _take_step(self.optimizer, run.scorer, batch)
+            state.step = step
             elapsed = time.perf_counter() - started
             state.train_seconds += elapsed
-            loss_value = None if loss is None else float(loss)
-            state.skipped_steps += loss_value is None
-            log.log("train", step, loss=loss_value, step_time=elapsed)
-            if loss_value is not None:
-                recent.append(loss_value)
+            state.skipped_steps += loss is None
+            self.log.log("train", step, loss=loss, step_time=elapsed)
+        if loss is not None:
+            self.recent.append(loss)
+        if self.eval_due(step):
+            self.evaluate_dev(step)
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            self.save()
+        self.bar.update(1)
+        dev = f"{state.last_dev[run.metric]:.3f}" if state.last_dev else "-"
+        mean = sum(self.recent) / max(len(self.recent), 1)
+        self.bar.set_postfix({"loss": f"{mean:.4f}", "dev": dev})
+        return loss
 
-            if eval_due(step):
-                evaluate_dev(step)
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save()
-                saved_at = step
-            bar.update(1)
-            dev = f"{state.last_dev[run.metric]:.3f}" if state.last_dev else "-"
-            bar.set_postfix({"loss": f"{sum(recent) / max(len(recent), 1):.4f}", "dev": dev})
-            if on_step is not None:
-                on_step(step, loss_value)
-        bar.close()
-        if saved_at != state.step:
-            save()  # so `--resume --steps <more>` can extend the finished run
-    except KeyboardInterrupt:
-        bar.close()
-        if isinstance(optimizer, ZerothOrderOptimizer):
+    def save(self) -> Path:
+        path = save_checkpoint(
+            self.run_dir,
+            named_params=self.named,
+            optimizer=self.optimizer,
+            state=self.state,
+            metrics=self.log.upto(self.state.step),
+            config=self.config,
+            keep=self.config.keep_checkpoints,
+        )
+        self.saved_at = self.state.step
+        self.last_saved = path / WEIGHTS
+        return path
+
+    def close(self) -> None:
+        """After the last step: a checkpoint there, so `--resume --steps <more>` can extend."""
+        self.bar.close()
+        if self.saved_at != self.state.step:
+            self.save()
+
+    def interrupted(self) -> TrainingInterrupted:
+        """Ctrl-C: save a checkpoint of the last completed step and the summaries so far."""
+        self.bar.close()
+        if isinstance(self.optimizer, ZerothOrderOptimizer):
             # The ZO optimizer counts exactly the steps it applied (a second Ctrl-C between
             # its return and `state.step = step` would otherwise lose one).
-            state.step = optimizer.step_count
-        path = save()
-        log.write_summaries()
-        log.close()
-        raise TrainingInterrupted(state.step, path, run_dir) from None
+            self.state.step = self.optimizer.step_count
+        path = self.save()
+        self.log.write_summaries()
+        self.log.close()
+        return TrainingInterrupted(self.state.step, path, self.run_dir)
 
-    return _finish(run, state, named, log, quiet)
-
-
-def _finish(
-    run: RunData,
-    state: TrainState,
-    named: list[tuple[str, torch.nn.Parameter]],
-    log: MetricsLogger,
-    quiet: bool,
-) -> TrainResult:
-    """Test the best-on-dev weights (step 0 = zero-shot included), save model and summary."""
-    config, run_dir = run.config, Path(run.config.output_dir or ".")
-    best_step = state.best_step if state.best_step is not None else state.step
-    if best_step != state.step:
-        load_weights(named, best_weights_path(run_dir))
-    final_test = run.evaluate(run.splits.test, progress=not quiet, desc="final test")
-    log.log("test", state.step, phase="final", best_step=best_step, **final_test)
-    save_model(run.model, run.tokenizer, run_dir / MODEL_DIR)
-    log.write_summaries()
-    log.close()
-
-    final = {"dev": state.best_metrics or {}, "test": final_test}
-    summary = {
-        "task": config.task,
-        "optimizer": config.optimizer,
-        "model": config.model,
-        "metric": run.metric,
-        "steps": state.step,
-        "best_step": best_step,
-        "zero_shot": state.zero_shot,
-        "final": final,
-        "last_dev": state.last_dev,
-        "train_seconds": round(state.train_seconds, 3),
-        "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
-        "skipped_steps": state.skipped_steps,
-        "split_sizes": {k: len(getattr(run.splits, k)) for k in ("train", "dev", "test")},
-        "dev_examples_evaluated": len(run.dev),
-        "notes": run.splits.notes,
-        "model_dir": MODEL_DIR,
-        "config": config.resolved(),
-    }
-    _write_json(run_dir / SUMMARY, summary)
-    print(_comparison(state.zero_shot["test"], final_test, run.metric, best_step, run_dir))
-    return TrainResult(
-        output_dir=run_dir,
-        metric=run.metric,
-        zero_shot=state.zero_shot,
-        final=final,
-        best_step=best_step,
-        steps=state.step,
-        summary=summary,
-        model=run.model,
-        tokenizer=run.tokenizer,
-    )
+    # -- the end --------------------------------------------------------------------------
+    def finish(self) -> TrainResult:
+        """Test the weights that `save` names (best on dev, step 0 = zero-shot included,
+        unless "final"), save them as model/ and write the summary."""
+        run, state, run_dir, config = self.run, self.state, self.run_dir, self.config
+        best_step = state.best_step if state.best_step is not None else state.step
+        tested_step = state.step if config.save_mode == "final" else best_step
+        if tested_step != state.step:
+            load_weights(self.named, best_weights_path(run_dir))
+        test = run.splits.test
+        final_test, predictions = run.predict(test, progress=not self.say.quiet, desc="final test")
+        self.log.log("test", state.step, phase="final", best_step=best_step, **final_test)
+        report = class_report(test, predictions)
+        write_predictions(run_dir / PREDICTIONS, test, predictions, "test")
+        plot_confusion(report, run_dir / CONFUSION_PLOT, title="final test")
+        self.say(report.table())
+        if config.save_mode != "none":
+            # The weights are already on disk (best/ or the last checkpoint): model/ links
+            # them instead of holding a third copy.
+            saved = best_weights_path(run_dir) if tested_step == best_step else self.last_saved
+            save_model(run.model, run.tokenizer, run_dir / MODEL_DIR, weights_file=saved)
+        self.log.write_summaries()
+        self.log.close()
+        final = {"dev": state.best_metrics or {}, "test": final_test}
+        summary = run_summary(run, state, final, best_step, tested_step) | {
+            "test_report": report.to_json()
+        }
+        write_json(run_dir / SUMMARY, summary)
+        line = comparison(
+            state.zero_shot["test"],
+            final_test,
+            run.metric,
+            tested_step,
+            run_dir,
+            final_weights=config.save_mode == "final",
+        )
+        print(f"{line}\ntest {report.baseline_line()}")
+        return TrainResult(
+            output_dir=run_dir,
+            metric=run.metric,
+            zero_shot=state.zero_shot,
+            final=final,
+            best_step=best_step,
+            steps=state.step,
+            summary=summary,
+            model=run.model,
+            tokenizer=run.tokenizer,
+        )
 
 
 # --------------------------------------------------------------------------- one step
@@ -344,6 +367,24 @@ def training_batch(scorer: CandidateScorer, examples: Sequence[Example]) -> Enco
     if scorer.loss_kind == "lm" and isinstance(batch, SequenceBatch):
         return batch.label_rows_only()
     return batch
+
+
+def _take_step(
+    optimizer: torch.optim.Optimizer, scorer: CandidateScorer, batch: EncodedBatch
+) -> float | None:
+    """One optimizer step on `batch`; its loss (None: not finite, step skipped)."""
+    model = scorer.model
+    if isinstance(optimizer, ZerothOrderOptimizer):
+        model.eval()  # no dropout: the passes of one difference see one network
+        loss = optimizer.step(
+            functools.partial(scorer.loss, batch), attention_mask=batch.attention_mask
+        )
+        return None if loss is None else float(loss)
+    model.train()
+    value = _backward(optimizer, scorer, batch)
+    if value is not None:
+        optimizer.step()
+    return value
 
 
 def _backward(
@@ -394,203 +435,3 @@ def _better(new: dict[str, float], old: dict[str, float] | None, metric: str) ->
     if old is None:
         return True
     return (new[metric], -new["loss"]) > (old[metric], -old["loss"])
-
-
-# --------------------------------------------------------------------------- setup
-
-
-@dataclass
-class RunData:
-    """The model, data and scorer of a run, loaded from its config."""
-
-    config: TrainConfig
-    task: Task
-    splits: TaskSplits
-    dev: list[Example]  # the dev examples evaluated during training (capped)
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    scorer: CandidateScorer
-
-    @property
-    def metric(self) -> str:
-        """The task's headline metric, which picks the best weights."""
-        return self.task.metric
-
-    def evaluate(
-        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
-    ) -> dict[str, float]:
-        return evaluate(
-            self.model,
-            self.scorer,
-            examples,
-            batch_size=self.config.eval_batch_size,
-            metric_fn=functools.partial(task_metric, self.task),
-            progress=progress,
-            desc=desc,
-        )
-
-
-def make_task(config: TrainConfig) -> Task:
-    if config.task == CUSTOM_TASK:
-        return custom_task_from_spec(
-            config.data_file or "",
-            config.template or "",
-            config.labels or "",
-            label_field=config.label_field or "label",
-        )
-    return get_task(config.task)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {name!r} requested but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainError(f"device {name!r} requested but MPS is not available here")
-    return device
-
-
-def load_run(config: TrainConfig, say: Callable[[str], None] = lambda _: None) -> RunData:
-    """Data first (seconds, and most input errors show there), then the model."""
-    device = resolve_device(config.device)
-    with _user_errors("task"):
-        task = make_task(config)
-        splits = load_splits(
-            task, config.data_dir, config.seed, config.n_train, config.n_dev, config.n_test
-        )
-    for note in splits.notes:
-        say(f"note: {note}")
-    say(f"loading model {config.model} ({config.dtype}, {device})")
-    with _user_errors(f"model {config.model!r}"):
-        model, tokenizer = load_model(config.model, config.dtype, device)
-    loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
-    scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
-    with _user_errors("tokenizing the examples"):
-        # Encoding everything now catches candidates that encode to no tokens or prompts
-        # that do not fit max_length before any step runs (and caches the encodings).
-        encoded = scorer.encode([*splits.train, *splits.dev, *splits.test])
-    if not all(e.single_token for e in encoded):
-        say("note: some candidates span several tokens: scoring runs one row per candidate")
-    dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
-    return RunData(config, task, splits, dev, model, tokenizer, scorer)
-
-
-@contextlib.contextmanager
-def _user_errors(what: str) -> Iterator[None]:
-    """Turn a ValueError raised by bad input into a TrainError naming what failed."""
-    try:
-        yield
-    except (TrainError, TaskDataError, CheckpointError):
-        raise
-    except ValueError as error:
-        raise TrainError(f"{what}: {error}") from error
-
-
-def _check_run_dir(
-    config: TrainConfig, *, resume: bool, overwrite: bool
-) -> tuple[Path, Checkpoint | None, bool]:
-    """(run directory, checkpoint to resume from, whether to clear a previous run first).
-    Only reads the file system."""
-    if resume and overwrite:
-        raise TrainError("--resume continues a run and --overwrite replaces it: pass only one")
-    if config.output_dir is None:
-        if resume:
-            raise TrainError("--resume needs --output-dir: the directory of the run to continue")
-        return Path(default_output_dir(config)), None, False
-    run_dir = Path(config.output_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainError(f"output directory {run_dir} exists and is not a directory")
-    if resume:
-        if not (run_dir / CONFIG).is_file():
-            raise TrainError(f"nothing to resume in {run_dir}: no {CONFIG} (not an agzo run)")
-        saved = TrainConfig.from_file(run_dir / CONFIG)
-        differences = saved.differences(config)
-        if differences:
-            listed = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differences.items())
-            raise TrainError(
-                f"cannot resume {run_dir}: the config differs from the saved one in "
-                f"{', '.join(differences)} ({listed}). Only steps, evaluation and checkpoint "
-                "settings may change; use a new --output-dir for a different run"
-            )
-        return run_dir, latest_checkpoint(run_dir), False
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return run_dir, None, False
-    if not overwrite:
-        raise TrainError(
-            f"output directory {run_dir} is not empty; pass --resume to continue the run "
-            "in it, --overwrite to replace it, or choose another --output-dir"
-        )
-    if not (run_dir / CONFIG).is_file():
-        raise TrainError(
-            f"output directory {run_dir} is not empty and is not an agzo run (no {CONFIG}); "
-            "refusing to delete its contents: choose another --output-dir"
-        )
-    return run_dir, None, True
-
-
-def _clear_run(run_dir: Path) -> None:
-    """Delete a previous run's outputs, and only those (other files stay)."""
-    for name in RUN_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def evaluate_model(
-    config: TrainConfig,
-    *,
-    weights: Path | None = None,
-    splits: Sequence[str] = ("test",),
-    quiet: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Evaluate `config.model` (optionally with a checkpoint's trained `weights` on top)
-    on the named splits of `config.task`, drawn exactly as training draws them."""
-    say = _Printer(quiet)
-    run = load_run(config, say)
-    if weights is not None:
-        load_weights(trainable_parameters(run.model, config), weights)
-    return {
-        split: run.evaluate(getattr(run.splits, split), progress=not quiet, desc=split)
-        for split in splits
-    }
-
-
-# --------------------------------------------------------------------------- output
-
-
-class _Printer:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            tqdm.write(message)  # keeps an active progress bar intact
-
-
-def _describe(label: str, metrics: dict[str, dict[str, float]], metric: str) -> str:
-    parts = [f"{split} {m[metric]:.4f}" for split, m in metrics.items()]
-    return f"{label} {metric}: " + ", ".join(parts)
-
-
-def _comparison(
-    zero_shot: dict[str, float], final: dict[str, float], metric: str, best_step: int, run_dir: Path
-) -> str:
-    gain = 100 * (final[metric] - zero_shot[metric])
-    which = "zero-shot weights: no dev gain" if best_step == 0 else f"step {best_step}, best on dev"
-    return (
-        f"test {metric}: zero-shot {zero_shot[metric]:.4f} -> fine-tuned {final[metric]:.4f} "
-        f"({gain:+.1f} points; {which}). Outputs in {run_dir}"
-    )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(staging, path)

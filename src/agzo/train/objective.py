@@ -29,7 +29,9 @@ Usage::
     scorer = CandidateScorer(model, tokenizer, max_length=512)
     batch = scorer.batch(examples)      # encode once (cached), reuse across steps
     loss = scorer.loss(batch)           # scalar; under no_grad for ZO, autograd for backprop
-    predictions = scorer.predict(examples, batch_size=16)
+    scored = scorer.scores_and_losses(batch)  # every candidate's score, per-example losses
+
+(`agzo.train.evaluate.predict` scores whole lists of examples in length-sorted batches.)
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "CandidateScorer",
     "EncodedBatch",
     "EncodedExample",
+    "LOSS_DESCRIPTIONS",
     "LossKind",
     "PromptBatch",
     "ScoredBatch",
@@ -57,6 +60,20 @@ __all__ = [
 ]
 
 LossKind = Literal["lm", "candidates"]
+
+# What each training loss measures, in the words a run prints (README: "The two losses").
+LOSS_DESCRIPTIONS: dict[str, str] = {
+    "lm": (
+        "cross-entropy of the correct label word over the whole vocabulary. It also "
+        "falls when every label word becomes likelier than the rest of the vocabulary, "
+        "which does not change the prediction: judge a run by dev accuracy, or train with "
+        "--loss candidates"
+    ),
+    "candidates": (
+        "cross-entropy of a softmax over the label words only: it moves just the gap "
+        "between the correct word and the other label words, which decides the prediction"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -365,16 +382,6 @@ class CandidateScorer:
             scores = self._candidate_scores(label_batch)
             return -scores.mean()
         return self.scores_and_losses(batch).losses.mean()
-
-    def predict(self, examples: Sequence[Example], batch_size: int = 16) -> list[int]:
-        """Index of the highest-scoring candidate of each example (no autograd)."""
-        predictions: list[int] = [0] * len(examples)
-        with torch.no_grad():
-            for chunk in self.length_sorted_chunks(examples, batch_size):
-                scores = self.scores(self.batch([examples[i] for i in chunk]))
-                for i, prediction in zip(chunk, scores.argmax(dim=1).tolist()):
-                    predictions[i] = prediction
-        return predictions
 
     def length_sorted_chunks(self, examples: Sequence[Example], batch_size: int) -> list[list[int]]:
         """Example indices grouped into batches of similar length, to waste little padding."""

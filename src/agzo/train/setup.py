@@ -1,0 +1,206 @@
+"""Loading what a run needs from its config: the task's splits, the model, the scorer.
+
+Data first (seconds, and most input errors show there), then the model (the slow part).
+Bad input becomes a TrainError naming what failed; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from tqdm import std as tqdm_std
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from agzo.models import check_model_spec, load_model
+from agzo.tasks import (
+    Example,
+    TaskDataError,
+    TaskSplits,
+    custom_task_from_spec,
+    get_task,
+    load_splits,
+    task_metric,
+)
+from agzo.tasks.registry import Task
+from agzo.train.checkpoint import CheckpointError
+from agzo.train.config import CUSTOM_TASK, TrainConfig
+from agzo.train.errors import TrainError
+from agzo.train.evaluate import Predictions, evaluate, metrics_of, predict
+from agzo.train.objective import LOSS_DESCRIPTIONS, CandidateScorer, LossKind
+
+__all__ = ["Printer", "RunData", "load_run", "make_task", "resolve_device", "user_errors"]
+
+
+class Printer:
+    """Progress messages, unless quiet; printed through tqdm so an active bar stays intact."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            tqdm.write(message)
+
+
+# Below this many test examples, a run says that its test numbers are rough.
+FEW_TEST_EXAMPLES = 50
+
+
+def few_examples_warning(n: int) -> str:
+    return (
+        f"only {n} test examples: one example moves accuracy by {100 / n:.1f} points, so "
+        "differences of a few points mean nothing; use more test data (--n-test)"
+    )
+
+
+@dataclass
+class RunData:
+    """The model, data and scorer of a run, loaded from its config."""
+
+    config: TrainConfig
+    task: Task
+    splits: TaskSplits
+    dev: list[Example]  # the dev examples evaluated during training (capped)
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    scorer: CandidateScorer
+
+    @property
+    def metric(self) -> str:
+        """The task's headline metric, which picks the best weights."""
+        return self.task.metric
+
+    def evaluate(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+    ) -> dict[str, float]:
+        return evaluate(
+            self.model,
+            self.scorer,
+            examples,
+            batch_size=self.config.eval_batch_size,
+            metric_fn=functools.partial(task_metric, self.task),
+            progress=progress,
+            desc=desc,
+        )
+
+    def predict(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+    ) -> tuple[dict[str, float], Predictions]:
+        """The task's metrics and every prediction (for a report and the predictions file)."""
+        batch_size = self.config.eval_batch_size
+        predictions = predict(
+            self.model, self.scorer, examples, batch_size, progress=progress, desc=desc
+        )
+        metric_fn = functools.partial(task_metric, self.task)
+        return metrics_of(examples, predictions, metric_fn), predictions
+
+
+def make_task(config: TrainConfig) -> Task:
+    if config.task == CUSTOM_TASK:
+        return custom_task_from_spec(
+            config.data_file or "",
+            config.template or "",
+            config.labels or "",
+            label_field=config.label_field or "label",
+            columns=config.columns,
+        )
+    return get_task(config.task)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainError(f"device {name!r} requested but MPS is not available here")
+    return device
+
+
+def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
+    """Data first (seconds, and most input errors show there), then the model."""
+    say = say or Printer(quiet=True)
+    device = resolve_device(config.device)
+    check_model_spec(config.model)  # a mistyped path fails before anything is read
+    with user_errors("task"):
+        task = make_task(config)
+        splits = load_splits(
+            task, config.data_dir, config.seed, config.n_train, config.n_dev, config.n_test
+        )
+    if len(splits.test) < FEW_TEST_EXAMPLES:
+        splits.warnings.append(few_examples_warning(len(splits.test)))
+    for note in splits.notes:
+        say(f"note: {note}")
+    for warning in splits.warnings:  # printed even when quiet: they qualify every result
+        tqdm.write(f"agzo: warning: {warning}", sys.stderr)
+    say(f"loading model {config.model} ({config.dtype}, {device})")
+    with user_errors(f"model {config.model!r}"), _progress_bars(enabled=not say.quiet):
+        model, tokenizer = load_model(config.model, config.dtype, device)
+    loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
+    scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
+    with user_errors("tokenizing the examples"):
+        # Encoding everything now catches candidates that encode to no tokens or prompts
+        # that do not fit max_length before any step runs (and caches the encodings).
+        encoded = scorer.encode([*splits.train, *splits.dev, *splits.test])
+    if not all(e.single_token for e in encoded):
+        say(f"note: {multi_token_note([*splits.train, *splits.dev, *splits.test], scorer)}")
+    why = "the default" if config.loss == "lm" else "chosen with --loss"
+    say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
+    dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
+    return RunData(config, task, splits, dev, model, tokenizer, scorer)
+
+
+def multi_token_note(examples: Sequence[Example], scorer: CandidateScorer) -> str:
+    """Which candidates span several tokens, and what that does to their scores."""
+    lengths: dict[str, int] = {}
+    for example, encoded in zip(examples, scorer.encode(examples)):
+        for text, ids in zip(example.candidates, encoded.candidate_ids):
+            if len(ids) > 1:
+                lengths[text] = len(ids)
+    shown = ", ".join(f"{text!r} ({n} tokens)" for text, n in list(lengths.items())[:5])
+    more = f" and {len(lengths) - 5} more" if len(lengths) > 5 else ""
+    return (
+        f"label words {shown}{more} span several tokens. A candidate scores by its mean "
+        "log-probability per token, and the tokens after the first are easy to predict once "
+        "the first is given, so multi-token words can win or lose for reasons unrelated to "
+        "the input; single-token label words (one short word each) score more reliably"
+    )
+
+
+@contextlib.contextmanager
+def user_errors(what: str) -> Iterator[None]:
+    """Turn a ValueError raised by bad input into a TrainError naming what failed."""
+    try:
+        yield
+    except (TrainError, TaskDataError, CheckpointError):
+        raise
+    except ValueError as error:
+        raise TrainError(f"{what}: {error}") from error
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Silence every tqdm bar started in the block when not `enabled`. Libraries start
+    their own (transformers' GGUF conversion), which their logging switches do not reach,
+    and tqdm reads its TQDM_DISABLE variable only once, when it is imported."""
+    if enabled:
+        yield
+        return
+    original = tqdm_std.tqdm.__init__
+
+    def silent(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **(kwargs | {"disable": True}))
+
+    tqdm_std.tqdm.__init__ = silent
+    try:
+        yield
+    finally:
+        tqdm_std.tqdm.__init__ = original
