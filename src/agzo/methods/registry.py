@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from agzo.methods.stepping import first_order_step, zeroth_order_step
+
 
 @dataclass(frozen=True)
 class BuildContext:
@@ -45,6 +47,17 @@ class Method:
     # optimizer from keyword arguments (ZOTrainer's zo_kwargs) call it. None for methods
     # that are plain torch optimizers.
     optimizer_class: type | None = None
+
+    def train_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        loss: Callable[[], torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+    ) -> float | None:
+        """One training step on the batch `loss` evaluates; its loss (None: skipped)."""
+        step = zeroth_order_step if self.zeroth_order else first_order_step
+        return step(optimizer, model, loss, attention_mask)
 
     def defaults(self) -> Any:
         return self.options()

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -242,7 +241,12 @@ class _Session:
         # The step is logged inside the deferred block: when Ctrl-C arrives during it, the
         # checkpoint saved next holds this step, and so must metrics.jsonl, CSV and plot.
         with _ctrl_c_deferred("this step"):
-            loss = _take_step(self.optimizer, run.scorer, batch)
+            loss = config.method.train_step(
+                self.optimizer,
+                run.model,
+                functools.partial(run.scorer.loss, batch),
+                batch.attention_mask,
+            )
             state.step = step
             elapsed = time.perf_counter() - started
             state.train_seconds += elapsed
@@ -367,37 +371,6 @@ def training_batch(scorer: CandidateScorer, examples: Sequence[Example]) -> Enco
     if scorer.loss_kind == "lm" and isinstance(batch, SequenceBatch):
         return batch.label_rows_only()
     return batch
-
-
-def _take_step(
-    optimizer: torch.optim.Optimizer, scorer: CandidateScorer, batch: EncodedBatch
-) -> float | None:
-    """One optimizer step on `batch`; its loss (None: not finite, step skipped)."""
-    model = scorer.model
-    if isinstance(optimizer, ZerothOrderOptimizer):
-        model.eval()  # no dropout: the passes of one difference see one network
-        loss = optimizer.step(
-            functools.partial(scorer.loss, batch), attention_mask=batch.attention_mask
-        )
-        return None if loss is None else float(loss)
-    model.train()
-    value = _backward(optimizer, scorer, batch)
-    if value is not None:
-        optimizer.step()
-    return value
-
-
-def _backward(
-    optimizer: torch.optim.Optimizer, scorer: CandidateScorer, batch: EncodedBatch
-) -> float | None:
-    """First-order: loss and gradients (None, and no gradients, if the loss is not finite)."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = scorer.loss(batch)
-    if not torch.isfinite(loss):
-        warnings.warn(f"non-finite loss {float(loss)}: step skipped", stacklevel=2)
-        return None
-    loss.backward()
-    return float(loss.detach())
 
 
 @contextlib.contextmanager
