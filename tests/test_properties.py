@@ -133,10 +133,18 @@ def _spectrum_with_gap(top, n=200, d=24, rest=1.0, seed=0):
     return u @ torch.diag(s) @ v.T
 
 
-@pytest.mark.parametrize("rank", [1, 2])
-def test_power_iteration_matches_svd_when_the_spectrum_has_a_gap(rank: int) -> None:
-    h = _spectrum_with_gap(top=(10.0, 9.0)[:rank])  # gap after the r-th singular value
-    basis, norms = power_iteration(h, rank, steps=3, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize(
+    "rank, steps, scale",
+    [(1, 3, 1.0), (2, 3, 1.0), (1, 20, 1.0), (1, 3, 1e6), (1, 3, 1e-2)],
+)
+def test_power_iteration_matches_svd_when_the_spectrum_has_a_gap(
+    rank: int, steps: int, scale: float
+) -> None:
+    """Also for long iterations (renormalized on the way) and for activations large and
+    small enough that an unnormalized rank-1 iteration would overflow or underflow
+    without its scaled start."""
+    h = _spectrum_with_gap(top=(10.0, 9.0)[:rank]) * scale  # gap after the r-th value
+    basis, norms = power_iteration(h, rank, steps, generator=torch.Generator().manual_seed(3))
     _, s, vh = torch.linalg.svd(h)
     top = vh[:rank].T
     # principal angles: singular values of topᵀ basis are cosines
@@ -144,6 +152,7 @@ def test_power_iteration_matches_svd_when_the_spectrum_has_a_gap(rank: int) -> N
     assert cosines.min() > 0.999
     torch.testing.assert_close(basis.T @ basis, torch.eye(rank), atol=1e-5, rtol=0)
     torch.testing.assert_close(norms.sort(descending=True).values, s[:rank], rtol=1e-3, atol=0)
+    assert torch.isfinite(basis).all() and basis.abs().sum() > 0
 
 
 def test_padding_rows_do_not_change_the_basis() -> None:

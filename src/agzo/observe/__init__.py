@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from agzo.observe.subspaces import (
     ActivationCapture,
     CapturedSubspaces,
+    Subspace,
     merge_bases,
     power_iteration,
 )
@@ -31,4 +32,11 @@ class Observer(Protocol):
     def result(self) -> Any: ...
 
 
-__all__ = ["ActivationCapture", "CapturedSubspaces", "Observer", "merge_bases", "power_iteration"]
+__all__ = [
+    "ActivationCapture",
+    "CapturedSubspaces",
+    "Observer",
+    "Subspace",
+    "merge_bases",
+    "power_iteration",
+]

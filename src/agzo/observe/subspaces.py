@@ -19,7 +19,7 @@ This module knows nothing about how the bases are used (see `agzo.directions`).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,55 +42,125 @@ def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
     return basis * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
+# The start of a rank-1 iteration is scaled down by this power of two (exact in any
+# float format): with no normalization between steps the iterate grows like σ₁^(2K), and
+# the scale keeps K = 3 steps of float32 finite for σ₁² up to ~1e19 and clear of
+# underflow down to ~1e-8 (norms are taken in float64, so their squares never overflow).
+# Longer iterations renormalize every NORMALIZE_EVERY steps.
+START_SCALE = 2.0**-64
+NORMALIZE_EVERY = 3
+
+
+def _norm(v: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Euclidean norm accumulated in float64: one kernel, and no overflow of the squares
+    of float32 entries however large or small."""
+    return torch.linalg.vector_norm(v, dim=dim, dtype=torch.float64)
+
+
+class Subspace:
+    """The top-r basis of one layer input, with its singular values on demand.
+
+    The singular values are needed only to merge the bases of a layer that runs more
+    than once in a pass (`merge_bases`). For rank 1 they are left to be computed from the
+    last power step's iterate v and its image H v, as ‖H v‖ / ‖v‖, so that a layer run
+    once costs no extra kernel for them.
+    """
+
+    def __init__(
+        self,
+        basis: torch.Tensor,
+        norms: torch.Tensor | None = None,
+        *,
+        image: torch.Tensor | None = None,
+        iterate: torch.Tensor | None = None,
+        reducer: Reducer = LOCAL,
+    ) -> None:
+        self.basis = basis
+        self._norms = norms
+        self._image, self._iterate, self._reducer = image, iterate, reducer
+
+    @property
+    def norms(self) -> torch.Tensor:
+        if self._norms is None:
+            assert self._image is not None and self._iterate is not None
+            image = self._reducer.norm(_norm(self._image, dim=0))
+            # Zero or non-finite (the basis is then zero too): a weight of zero in a merge.
+            ratio = (image / _norm(self._iterate, dim=0)).to(self.basis.dtype)
+            self._norms = torch.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0)
+            self._image = self._iterate = None
+        return self._norms
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """`basis, norms = subspace`."""
+        yield self.basis
+        yield self.norms
+
+
+def _start(h: torch.Tensor, rank: int, generator: torch.Generator) -> torch.Tensor:
+    q = torch.randn(h.shape[1], rank, generator=generator, dtype=torch.float32, device=h.device)
+    return q.to(h.dtype)
+
+
 def power_iteration(
     h: torch.Tensor,
     rank: int,
     steps: int,
     generator: torch.Generator,
     reducer: Reducer = LOCAL,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Subspace:
     """Orthonormal basis (d x r) of the top-r right singular subspace of `h` (n x d).
 
-    Computed in float32, or float64 when `h` is float64.
-
-    Starts from a Gaussian drawn from `generator` and repeats `Q = qr(Hᵀ(H Q))` `steps`
-    times. Returns the basis and the norms ‖H q_j‖ (singular-value estimates), which
-    let bases from several calls of the same layer be merged. An all-zero input (its
-    layer's gradient is zero) or an overflowing one gives a zero basis: no probe.
+    Computed in float32, or float64 when `h` is float64. Starts from a Gaussian drawn from
+    `generator` and applies HᵀH `steps` times, orthonormalizing after each step for rank
+    > 1 and only at the end for rank 1. Unpacks as `basis, norms`, the norms being the
+    singular-value estimates that let bases of several calls of one layer be merged. An
+    all-zero input (its layer's gradient is zero) or an overflowing one gives a zero
+    basis: no probe.
     """
     # float32 at least (bf16 products lose the subspace); float64 inputs stay float64.
     h = h.to(torch.promote_types(h.dtype, torch.float32))
-    d = h.shape[1]
-    rank = min(rank, d)
-    q = torch.randn(d, rank, generator=generator, dtype=torch.float32, device=h.device)
-    q = q.to(h.dtype)
+    rank = min(rank, h.shape[1])
+    q = _start(h, rank, generator)
     if steps == 0:
         q = _orthonormalize(q)
-        return q, reducer.norm((h @ q).norm(dim=0))
+        return Subspace(q, reducer.norm((h @ q).norm(dim=0)))
+    if rank == 1:
+        return _rank_one(h, q, steps, reducer)
     # The start is not orthonormalized: the first step's QR gives the same basis either
     # way (the Q factor of M R⁻¹, R triangular with a positive diagonal, is M's).
-    # Every operation here is one kernel launch, and on a GPU the launches, not the
-    # arithmetic, are what a small model's capture costs; a Python `if` on a tensor
-    # would also wait for the GPU, so the zero/overflow check is a `torch.where`.
     for _ in range(steps):
         product = reducer.sum_(h.T @ (h @ q))
         norm = torch.linalg.vector_norm(product)
-        if rank == 1:
-            q = product / norm.clamp_min(torch.finfo(q.dtype).tiny)
-        else:
-            q = _orthonormalize(product)
+        q = _orthonormalize(product)
     # A zero product stays zero and a non-finite one stays non-finite through later
-    # steps, so checking the last one is enough. NaN compares False.
+    # steps, so checking the last one is enough. NaN compares False. A Python `if` on a
+    # tensor would wait for the GPU, so the check is a `torch.where`; where `usable` is
+    # False it is also the zero to fill in.
     usable = (norm > 0) & (norm < torch.inf)
-    # Where `usable` is False it is also the zero to fill in (a scalar 0.0 would cost a
-    # kernel of its own to become a tensor).
     q = torch.where(usable, q, usable)
-    return q, torch.where(usable, reducer.norm((h @ q).norm(dim=0)), usable)
+    return Subspace(q, torch.where(usable, reducer.norm((h @ q).norm(dim=0)), usable))
 
 
-def merge_bases(
-    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) -> Subspace:
+    """v ← Hᵀ(H v) `steps` times, normalized once at the end.
+
+    On a GPU a small model's capture costs kernel launches, not arithmetic: the loop is
+    two matrix-vector products per step, and the end three kernels (norm, divide, and
+    zeroing a degenerate result), with no host sync.
+    """
+    v = v * START_SCALE
+    for step in range(1, steps + 1):
+        iterate, image = v, h @ v
+        v = reducer.sum_(h.T @ image)
+        if step % NORMALIZE_EVERY == 0 and step < steps:
+            v = v * (START_SCALE / _norm(v))
+    # 0/0 (a zero input) and inf/inf (an overflow) are NaN, finite/inf is 0: a zero
+    # basis, which probes nothing.
+    q = torch.nan_to_num(v / _norm(v), nan=0.0, posinf=0.0, neginf=0.0)
+    return Subspace(q, image=image, iterate=iterate, reducer=reducer)
+
+
+def merge_bases(first: Subspace, second: Subspace) -> Subspace:
     """Top-r subspace of H₁ᵀH₁ + H₂ᵀH₂ from each call's rank-r summary (basis, norms).
 
     Exact when each call's activations have rank ≤ r; otherwise the best rank-r subspace
@@ -101,7 +171,7 @@ def merge_bases(
     stacked = torch.cat([q1 * s1, q2 * s2], dim=1)
     u, s, _ = torch.linalg.svd(stacked, full_matrices=False)
     rank = q1.shape[1]
-    return u[:, :rank], s[:rank]
+    return Subspace(u[:, :rank], s[:rank])
 
 
 @dataclass
@@ -145,12 +215,12 @@ class ActivationCapture:
         self.capture_tokens = capture_tokens
         self.reducer = reducer
         self._seen_mask: torch.Tensor | None = None
-        self._summaries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._summaries: dict[int, Subspace] = {}
         self._token_rows: dict[int, torch.Tensor] = {}
         self._calls: dict[int, int] = {}
         self._last_input: weakref.ref[torch.Tensor] | None = None
         self._last_version = 0
-        self._last_summary: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_summary: Subspace | None = None
         self._row_index: torch.Tensor | None = None
         self._row_index_mask: torch.Tensor | None = None
         self._row_index_device: torch.device | None = None
@@ -187,7 +257,7 @@ class ActivationCapture:
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             self._seen_mask = mask
 
-    def _shared_summary(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _shared_summary(self, x: torch.Tensor) -> Subspace | None:
         """The summary of `x` if the previous hooked layer saw this very tensor.
 
         Attention's q/k/v projections (and an MLP's gate/up) read the same input one after
@@ -201,7 +271,7 @@ class ActivationCapture:
             return None
         return self._last_summary
 
-    def _remember_input(self, x: torch.Tensor, summary: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _remember_input(self, x: torch.Tensor, summary: Subspace) -> None:
         self._last_input = weakref.ref(x)
         self._last_version = x._version
         self._last_summary = summary
@@ -271,6 +341,6 @@ class ActivationCapture:
     @property
     def result(self) -> CapturedSubspaces:
         return CapturedSubspaces(
-            bases={i: q for i, (q, _) in self._summaries.items()},
+            bases={i: summary.basis for i, summary in self._summaries.items()},
             token_rows={i: self.reducer.union_rows(r) for i, r in self._token_rows.items()},
         )
