@@ -144,7 +144,7 @@ def test_power_iteration_matches_svd_when_the_spectrum_has_a_gap(
     small enough that an unnormalized rank-1 iteration would overflow or underflow
     without its scaled start."""
     h = _spectrum_with_gap(top=(10.0, 9.0)[:rank]) * scale  # gap after the r-th value
-    basis, norms = power_iteration(h, rank, steps, generator=torch.Generator().manual_seed(3))
+    basis, norms = power_iteration(h, rank, steps, torch.Generator().manual_seed(3))
     _, s, vh = torch.linalg.svd(h)
     top = vh[:rank].T
     # principal angles: singular values of topᵀ basis are cosines

@@ -9,6 +9,7 @@ Mixing the integers through a hash keeps neighbouring steps and tensors uncorrel
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 
@@ -19,6 +20,10 @@ _SEED_MASK = (1 << 63) - 1
 STREAM_PERTURBATION = 0
 STREAM_POWER_ITERATION = 1
 STREAM_LOW_RANK_V = 2
+# One draw per step (or probe) shared by many tensors, split into views: a kernel launch
+# per step instead of one per tensor.
+STREAM_SHARED_FACTORS = 3
+STREAM_SHARED_SMALL = 4
 
 
 def derive_seed(*parts: int) -> int:
@@ -33,3 +38,23 @@ def generator_for(device: torch.device | str, *parts: int) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(derive_seed(*parts))
     return gen
+
+
+# Pieces of a shared draw start at multiples of this many entries (64 bytes of float32),
+# as separate allocations would: matrix kernels may round differently on unaligned data,
+# and a probe's rows must give the same bits whether updated whole or in row chunks.
+ALIGN_ENTRIES = 16
+
+
+def split_draw(
+    sizes: Sequence[int], device: torch.device | str, *parts: int, scale: float = 1.0
+) -> list[torch.Tensor]:
+    """Gaussian noise for several tensors from one draw, seeded by `parts`: flat pieces
+    of the given sizes, in order, each starting at a multiple of ALIGN_ENTRIES (scaled by
+    `scale`, exactly when it is a power of two)."""
+    padded = [-(-size // ALIGN_ENTRIES) * ALIGN_ENTRIES for size in sizes]
+    gen = generator_for(device, *parts)
+    flat = torch.randn(sum(padded), generator=gen, dtype=torch.float32, device=device)
+    if scale != 1.0:
+        flat.mul_(scale)
+    return [piece[:size] for piece, size in zip(flat.split(padded), sizes)]

@@ -4,11 +4,15 @@ Each function materializes every perturbation Δ as a full tensor, keeps a copy 
 original weights, and writes the update as the formula reads. They share only the seed
 contract with the library (which generator draws which numbers), documented here:
 
-- Gaussian probe of tensor i:        generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
-- AGZO left factor R of tensor i:    same generator, shape (d_out, r)
-- AGZO embedding rows of tensor i:   generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION, 1)
-- power-iteration start of tensor i: generator_for(dev, step_seed, i, STREAM_POWER_ITERATION, 0)
-- LOZO U of tensor i:                generator_for(dev, step_seed, 0, i, STREAM_PERTURBATION)
+- Gaussian probe k of tensor i:      generator_for(dev, step_seed, k, i, STREAM_PERTURBATION)
+- AGZO, probe k: the factors R (d_out x r) of every tensor with a basis, in tensor order,
+  are consecutive pieces of one draw from generator_for(dev, step_seed, k,
+  STREAM_SHARED_FACTORS); the Gaussians of the small non-linear tensors (norms, biases)
+  likewise from generator_for(dev, step_seed, k, STREAM_SHARED_SMALL)
+- AGZO embedding rows of tensor i:   generator_for(dev, step_seed, k, i, STREAM_PERTURBATION, 1)
+- power-iteration starts: consecutive (d_in x r) pieces, in tensor order, of one draw from
+  generator_for(dev, step_seed, STREAM_POWER_ITERATION), times 2^-64
+- LOZO U of tensor i:                generator_for(dev, step_seed, k, i, STREAM_PERTURBATION)
 - LOZO V of tensor i:   generator_for(dev, seed, step // nu, i, STREAM_LOW_RANK_V)
 - step_seed = derive_seed(seed, step)
 """
@@ -24,6 +28,8 @@ from agzo.seeding import (
     STREAM_LOW_RANK_V,
     STREAM_PERTURBATION,
     STREAM_POWER_ITERATION,
+    STREAM_SHARED_FACTORS,
+    STREAM_SHARED_SMALL,
     derive_seed,
     generator_for,
 )
@@ -68,11 +74,30 @@ def record_inputs(model: nn.Module, modules: list[nn.Module], loss: Loss):
     return value, inputs, calls
 
 
-def linear_bases(calls, index_of, step_seed, rank, steps, row_mask):
+def power_iteration_starts(named_params, kinds, step_seed: int, rank: int):
+    """Every linear tensor's (d_in x r) start, pieces of one scaled draw in tensor order."""
+    shapes = {}
+    for i, ((_, p), (linears, conv, _)) in enumerate(zip(named_params, kinds)):
+        if linears:
+            d_in = p.shape[0] if conv else p.shape[1]
+            shapes[i] = (d_in, min(rank, d_in))
+    gen = generator_for("cpu", step_seed, STREAM_POWER_ITERATION)
+    pieces = _aligned_pieces([d * r for d, r in shapes.values()], gen)
+    return {i: (piece * 2.0**-64).view(shape) for (i, shape), piece in zip(shapes.items(), pieces)}
+
+
+def _aligned_pieces(sizes: list[int], gen: torch.Generator) -> list[torch.Tensor]:
+    """One draw, cut into pieces of `sizes` that start at multiples of 16 entries."""
+    padded = [-(-size // 16) * 16 for size in sizes]
+    flat = torch.randn(sum(padded), generator=gen)
+    return [piece[:size] for piece, size in zip(flat.split(padded), sizes)]
+
+
+def linear_bases(calls, index_of, starts, rank, steps, row_mask):
     """Each linear tensor's basis, one power iteration per distinct input.
 
     Layers called one after another on the very same input tensor (q/k/v, gate/up) share
-    the basis computed for the first of them, from that tensor's seed.
+    the basis computed for the first of them, from that tensor's start.
     """
     bases: dict[int, torch.Tensor] = {}
     previous_input, previous_basis = None, None
@@ -84,17 +109,15 @@ def linear_bases(calls, index_of, step_seed, rank, steps, row_mask):
         h = x.reshape(-1, x.shape[-1])
         if row_mask is not None and h.shape[0] == row_mask.numel():
             h = h[row_mask.reshape(-1).bool()]
-        gen = generator_for(h.device, step_seed, i, STREAM_POWER_ITERATION, 0)
-        bases[i] = plain_power_iteration(h, rank, steps, gen)
+        bases[i] = plain_power_iteration(h, steps, starts[i])
         previous_input, previous_basis = x, bases[i]
     return bases
 
 
-def plain_power_iteration(h: torch.Tensor, rank: int, steps: int, gen: torch.Generator):
+def plain_power_iteration(h: torch.Tensor, steps: int, start: torch.Tensor):
     """Gram-Schmidt power iteration, written out: columns orthonormal, R's diagonal > 0."""
     h = h.to(torch.promote_types(h.dtype, torch.float32))
-    q = torch.randn(h.shape[1], rank, generator=gen).to(h.dtype)
-    q = gram_schmidt(q)
+    q = gram_schmidt(start.to(h.dtype))
     for _ in range(steps):
         q = gram_schmidt(h.T @ (h @ q))
     return q
@@ -123,20 +146,29 @@ def agzo_deltas(
     row_mask: torch.Tensor | None,
 ) -> list[torch.Tensor]:
     """AGZO's Δ of every tensor for probe `probe` of a step, dense."""
+    factor_shapes, small_shapes = {}, {}
+    for i, ((_, param), (linears, conv, is_embedding)) in enumerate(zip(named_params, kinds)):
+        if is_embedding and embedding_mode == "gaussian":
+            continue
+        if linears:
+            factor_shapes[i] = (param.shape[1] if conv else param.shape[0], bases[i].shape[1])
+        elif not is_embedding:
+            small_shapes[i] = tuple(param.shape)
+    factors = _pieces(factor_shapes, step_seed, probe, STREAM_SHARED_FACTORS)
+    small = _pieces(small_shapes, step_seed, probe, STREAM_SHARED_SMALL)
     deltas = []
     for i, ((_, param), (linears, conv, is_embedding)) in enumerate(zip(named_params, kinds)):
         dev = param.device
-        if is_embedding and embedding_mode == "gaussian" or not (linears or is_embedding):
+        if i in small:
+            deltas.append(small[i])
+            continue
+        if is_embedding and embedding_mode == "gaussian":
             gen = generator_for(dev, step_seed, probe, i, STREAM_PERTURBATION)
             deltas.append(torch.randn(param.shape, generator=gen))
             continue
         delta = torch.zeros(param.shape, dtype=torch.float64)
         if linears:
-            basis = bases[i]
-            d_out = param.shape[1] if conv else param.shape[0]
-            gen = generator_for(dev, step_seed, probe, i, STREAM_PERTURBATION)
-            r = torch.randn(d_out, basis.shape[1], generator=gen).double()
-            outer = r @ basis.double().T
+            outer = factors[i].double() @ bases[i].double().T
             delta += outer.T if conv else outer
         if is_embedding:
             table = next(m for m in embeddings if m.weight is param)
@@ -148,6 +180,13 @@ def agzo_deltas(
             delta[rows] += torch.randn(len(rows), param.shape[1], generator=gen)
         deltas.append(delta)
     return deltas
+
+
+def _pieces(shapes: dict, step_seed: int, probe: int, stream: int) -> dict:
+    """Consecutive pieces, in tensor order, of one draw for the given shapes."""
+    sizes = [int(torch.Size(shape).numel()) for shape in shapes.values()]
+    pieces = _aligned_pieces(sizes, generator_for("cpu", step_seed, probe, stream))
+    return {i: piece.view(shape) for (i, shape), piece in zip(shapes.items(), pieces)}
 
 
 def agzo_step(
@@ -180,7 +219,8 @@ def agzo_step(
     f0, inputs, calls = record_inputs(model, all_linears + embeddings, loss)
     index_of = {id(m): i for i, (linears, _, _) in enumerate(kinds) for m in linears}
     linear_calls = [(m, x) for m, x in calls if id(m) in index_of]
-    bases = linear_bases(linear_calls, index_of, step_seed, rank, power_steps, row_mask)
+    starts = power_iteration_starts(named_params, kinds, step_seed, rank)
+    bases = linear_bases(linear_calls, index_of, starts, rank, power_steps, row_mask)
     probes = [
         agzo_deltas(
             model,

@@ -157,7 +157,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
     def probe(self, context: ProbeContext) -> Probe:
         """One probe's directions for every trainable tensor (regenerable from the seed)."""
         with record_function("agzo.sample"):
-            directions = [self.sampler.sample(t, context) for t in self.tensors]
+            directions = self.sampler.sample_all(self.tensors, context)
         return Probe(self.tensors, directions)
 
     def _unperturbed(

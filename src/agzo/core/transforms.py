@@ -63,7 +63,7 @@ class Gradient(Direction):
     def scaled_dense(self, scale: float, rows: Rows = ...) -> torch.Tensor:
         """scale · Σ cₖ Δₖ[rows] as a new float32 tensor."""
         (c0, first), *rest = self.terms
-        total = (first.dense() if rows is ... else first.dense_rows(rows)).mul_(c0 * scale)
+        total = first.scaled_rows(c0 * scale, rows)
         for c, direction in rest:
             part = direction.dense() if rows is ... else direction.dense_rows(rows)
             total.add_(part, alpha=c * scale)

@@ -14,11 +14,14 @@ table. Every other tensor (norms, biases) gets a Gaussian probe.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 
 from agzo.directions.base import (
+    DenseDirection,
     Direction,
     LowRankDirection,
     RowDirection,
@@ -30,7 +33,12 @@ from agzo.directions.low_rank import low_rank_dims
 from agzo.directions.sampler import DirectionSampler, ObservationContext, ProbeContext
 from agzo.observe import ActivationCapture, CapturedSubspaces
 from agzo.params import TrainableTensor
-from agzo.seeding import STREAM_PERTURBATION, generator_for
+from agzo.seeding import (
+    STREAM_PERTURBATION,
+    STREAM_SHARED_FACTORS,
+    STREAM_SHARED_SMALL,
+    split_draw,
+)
 
 EmbeddingMode = Literal["activation", "gaussian"]
 EMBEDDING_MODES: tuple[str, ...] = ("activation", "gaussian")
@@ -75,15 +83,73 @@ class ActivationSampler(DirectionSampler):
             reducer=context.reducer,
         )
 
-    def _linear_part(
-        self, tensor: TrainableTensor, basis: torch.Tensor, ctx: ProbeContext
-    ) -> LowRankDirection:
-        d_out, _ = low_rank_dims(tensor)
-        gen = generator_for(
-            tensor.param.device, ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION
+    def sample_all(self, tensors: Sequence[TrainableTensor], ctx: ProbeContext) -> list[Direction]:
+        """Every tensor's direction for one probe.
+
+        The d_out x r factors R of all linear parts come from one draw per device, and so
+        do the Gaussians of the small tensors (norms, biases), kept for the step instead
+        of regenerated: two kernel launches per probe instead of one per tensor per use.
+        """
+        observed = ctx.observed
+        if not isinstance(observed, CapturedSubspaces):
+            raise RuntimeError("ActivationSampler needs the subspaces of its observed forward pass")
+        factor_shapes: dict[int, tuple[int, int]] = {}
+        small: list[TrainableTensor] = []
+        for tensor in tensors:
+            basis = observed.bases.get(tensor.index)
+            if tensor.is_embedding and self.embedding_mode == "gaussian":
+                continue
+            if basis is not None and (tensor.is_linear_weight or tensor.is_embedding):
+                factor_shapes[tensor.index] = (low_rank_dims(tensor)[0], basis.shape[1])
+            elif not (tensor.is_linear_weight or tensor.is_embedding) and (
+                tensor.param.numel() <= SMALL_TENSOR
+            ):
+                small.append(tensor)
+        by_index = {t.index: t for t in tensors}
+        factors = _shared_draw(
+            {i: (shape, by_index[i].param.device) for i, shape in factor_shapes.items()},
+            (ctx.step_seed, ctx.probe, STREAM_SHARED_FACTORS),
         )
-        r = torch.randn(d_out, basis.shape[1], generator=gen, device=tensor.param.device)
-        return LowRankDirection(r, basis.to(tensor.param.device), transposed=tensor.transposed)
+        stored = _shared_draw(
+            {t.index: (tuple(t.param.shape), t.param.device) for t in small},
+            (ctx.step_seed, ctx.probe, STREAM_SHARED_SMALL),
+        )
+        return [self._direction(t, ctx, observed, factors, stored) for t in tensors]
+
+    def _direction(
+        self,
+        tensor: TrainableTensor,
+        ctx: ProbeContext,
+        observed: CapturedSubspaces,
+        factors: dict[int, torch.Tensor],
+        stored: dict[int, torch.Tensor],
+    ) -> Direction:
+        basis = observed.bases.get(tensor.index)
+        rows = observed.token_rows.get(tensor.index)
+        if tensor.is_embedding:
+            if self.embedding_mode == "gaussian":
+                return gaussian_direction(tensor, ctx)
+            parts: list[Direction] = []
+            if basis is not None:
+                parts.append(self._linear_part(tensor, basis, factors[tensor.index]))
+            if rows is not None:
+                parts.append(self._row_part(tensor, rows, ctx))
+            if not parts:
+                return ZeroDirection(tensor.param.shape, tensor.param.device)
+            return parts[0] if len(parts) == 1 else SumDirection(parts)
+        if tensor.is_linear_weight:
+            if basis is None:
+                # The layer did not run in this forward pass: its gradient is exactly zero.
+                return ZeroDirection(tensor.param.shape, tensor.param.device)
+            return self._linear_part(tensor, basis, factors[tensor.index])
+        if tensor.index in stored:
+            return DenseDirection(stored[tensor.index])
+        return gaussian_direction(tensor, ctx)
+
+    def _linear_part(
+        self, tensor: TrainableTensor, basis: torch.Tensor, factor: torch.Tensor
+    ) -> LowRankDirection:
+        return LowRankDirection(factor, basis.to(tensor.param.device), transposed=tensor.transposed)
 
     def _row_part(
         self, tensor: TrainableTensor, rows: torch.Tensor, ctx: ProbeContext
@@ -92,29 +158,22 @@ class ActivationSampler(DirectionSampler):
         seed_parts = (ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION, 1)
         return RowDirection(tensor.param.shape, rows, tensor.param.device, seed_parts)
 
-    def sample(self, tensor: TrainableTensor, ctx: ProbeContext) -> Direction:
-        observed = ctx.observed
-        if not isinstance(observed, CapturedSubspaces):
-            raise RuntimeError("ActivationSampler needs the subspaces of its observed forward pass")
-        basis = observed.bases.get(tensor.index)
-        rows = observed.token_rows.get(tensor.index)
 
-        if tensor.is_embedding:
-            if self.embedding_mode == "gaussian":
-                return gaussian_direction(tensor, ctx)
-            parts: list[Direction] = []
-            if basis is not None:
-                parts.append(self._linear_part(tensor, basis, ctx))
-            if rows is not None:
-                parts.append(self._row_part(tensor, rows, ctx))
-            if not parts:
-                return ZeroDirection(tensor.param.shape, tensor.param.device)
-            return parts[0] if len(parts) == 1 else SumDirection(parts)
+# Tensors up to this many entries that no linear layer or embedding uses (norms, biases)
+# get a Gaussian probe drawn with the others and kept for the step; larger ones are
+# regenerated from their own seed on every use, so that no big copy is held.
+SMALL_TENSOR = 1 << 20
 
-        if tensor.is_linear_weight:
-            if basis is None:
-                # The layer did not run in this forward pass: its gradient is exactly zero.
-                return ZeroDirection(tensor.param.shape, tensor.param.device)
-            return self._linear_part(tensor, basis, ctx)
 
-        return gaussian_direction(tensor, ctx)
+def _shared_draw(
+    shapes: dict[int, tuple[tuple[int, ...], torch.device]], parts: tuple[int, ...]
+) -> dict[int, torch.Tensor]:
+    """One Gaussian draw per device for every listed tensor, as views of the given shapes."""
+    out: dict[int, torch.Tensor] = {}
+    devices = dict.fromkeys(device for _, device in shapes.values())
+    for device in devices:
+        mine = {i: shape for i, (shape, d) in shapes.items() if d == device}
+        sizes = [math.prod(shape) for shape in mine.values()]
+        for (i, shape), flat in zip(mine.items(), split_draw(sizes, device, *parts)):
+            out[i] = flat.view(shape)
+    return out

@@ -69,6 +69,10 @@ class Direction(ABC):
         """target += alpha * Δ[rows], for a float32 working copy of those rows."""
         target.add_(self.dense_rows(rows), alpha=alpha)
 
+    def scaled_rows(self, scale: float, rows: Rows = ...) -> torch.Tensor:
+        """scale * Δ[rows] as a new tensor (`dense` may return stored values)."""
+        return (self.dense() if rows is ... else self.dense_rows(rows)).mul_(scale)
+
 
 class ZeroDirection(Direction):
     """No probe: for a layer that did not take part in the forward pass (zero gradient)."""
@@ -148,24 +152,32 @@ class LowRankDirection(Direction):
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.right, self.left) if self.transposed else (self.left, self.right)
 
+    # Rows are formed as sums of rank-one outer products, entry by entry, rather than by a
+    # matrix product: a matrix kernel may round a block of rows differently from the
+    # whole, and low-precision weights and stateful updates work a few rows at a time.
     def dense(self) -> torch.Tensor:
-        a, b = self._factors()
-        return a @ b.T
+        return self.dense_rows(...)
 
     def dense_rows(self, rows: Rows) -> torch.Tensor:
         a, b = self._factors()
-        return a[rows] @ b.T
+        out = torch.outer(a[rows, 0], b[:, 0])
+        for k in range(1, a.shape[1]):
+            out.addr_(a[rows, k], b[:, k])
+        return out
 
     def add_rows_into(self, target: torch.Tensor, rows: Rows, alpha: float) -> None:
         a, b = self._factors()
-        target.addmm_(a[rows], b.T, alpha=alpha)
+        for k in range(a.shape[1]):
+            target.addr_(a[rows, k], b[:, k], alpha=alpha)
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         a, b = self._factors()
         if is_low_precision(param):
             for rows in row_chunks(param.shape):
                 part = param[rows]
-                part.copy_(torch.addmm(part.float(), a[rows], b.T, alpha=alpha))
+                work = part.float()
+                self.add_rows_into(work, rows, alpha)
+                part.copy_(work)
         elif a.shape[1] == 1:
             # Rank one: an outer-product update reads and writes the weight once.
             param.addr_(a[:, 0].to(param.dtype), b[:, 0].to(param.dtype), alpha=alpha)
@@ -251,7 +263,8 @@ class SumDirection(Direction):
 
 
 class DenseDirection(Direction):
-    """Δ held as a float32 tensor: an update rule's state (a momentum buffer)."""
+    """Δ held as a tensor: small probes kept for the step, or an update rule's state (a
+    momentum buffer). `dense` returns the held tensor itself."""
 
     def __init__(self, values: torch.Tensor) -> None:
         self.values = values
@@ -262,6 +275,9 @@ class DenseDirection(Direction):
 
     def dense_rows(self, rows: Rows) -> torch.Tensor:
         return self.values[rows]
+
+    def scaled_rows(self, scale: float, rows: Rows = ...) -> torch.Tensor:
+        return self.values[rows] * scale
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         if is_low_precision(param):

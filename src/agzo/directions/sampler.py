@@ -9,7 +9,7 @@ every use of a direction in a step (perturb, restore, update) regenerates the sa
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +57,8 @@ class ProbeContext:
     observed: Any = None
 
 
-class DirectionSampler(ABC):
-    """Builds Δ for one tensor. `sample` must be a pure function of (tensor, context)."""
+class DirectionSampler(ABC):  # noqa: B024 (either sample or sample_all is overridden)
+    """Builds each tensor's Δ for a probe, as a pure function of (tensors, context)."""
 
     #: True when the sampler observes the model's layers (it then needs the model).
     observes_model: bool = False
@@ -71,6 +71,13 @@ class DirectionSampler(ABC):
         """The hyperparameters that decide the directions (checked when state is loaded)."""
         return {}
 
-    @abstractmethod
+    def sample_all(self, tensors: Sequence[TrainableTensor], ctx: ProbeContext) -> list[Direction]:
+        """Every tensor's direction for one probe (a sampler may share one draw among
+        them); a pure function of (tensors, context)."""
+        return [self.sample(t, ctx) for t in tensors]
+
     def sample(self, tensor: TrainableTensor, ctx: ProbeContext) -> Direction:
-        """The direction for `tensor` in this step."""
+        """The direction for `tensor` alone, for samplers whose tensors are independent."""
+        raise NotImplementedError(
+            f"{type(self).__name__} samples every tensor of a probe together: use sample_all"
+        )

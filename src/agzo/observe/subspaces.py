@@ -29,7 +29,7 @@ from torch.autograd.profiler import record_function
 
 from agzo.core.reduce import LOCAL, Reducer
 from agzo.params import TrainableTensor
-from agzo.seeding import STREAM_POWER_ITERATION, generator_for
+from agzo.seeding import STREAM_POWER_ITERATION, generator_for, split_draw
 
 
 def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
@@ -96,23 +96,28 @@ class Subspace:
         yield self.norms
 
 
-def _start(h: torch.Tensor, rank: int, generator: torch.Generator) -> torch.Tensor:
-    q = torch.randn(h.shape[1], rank, generator=generator, dtype=torch.float32, device=h.device)
-    return q.to(h.dtype)
+def _start(h: torch.Tensor, rank: int, start: torch.Tensor | torch.Generator) -> torch.Tensor:
+    """The (d x r) start: given, or drawn from a generator; scaled by START_SCALE."""
+    if isinstance(start, torch.Generator):
+        d = h.shape[1]
+        start = torch.randn(d, rank, generator=start, dtype=torch.float32, device=h.device)
+        start = start * START_SCALE
+    return start.to(h.dtype)
 
 
 def power_iteration(
     h: torch.Tensor,
     rank: int,
     steps: int,
-    generator: torch.Generator,
+    start: torch.Tensor | torch.Generator,
     reducer: Reducer = LOCAL,
 ) -> Subspace:
     """Orthonormal basis (d x r) of the top-r right singular subspace of `h` (n x d).
 
-    Computed in float32, or float64 when `h` is float64. Starts from a Gaussian drawn from
-    `generator` and applies HᵀH `steps` times, orthonormalizing after each step for rank
-    > 1 and only at the end for rank 1. Unpacks as `basis, norms`, the norms being the
+    Computed in float32, or float64 when `h` is float64. Starts from `start` (d x r, scaled
+    by START_SCALE), or from a Gaussian drawn from it when it is a generator, and applies
+    HᵀH `steps` times, orthonormalizing after each step for rank > 1 and only at the end
+    for rank 1. Unpacks as `basis, norms`, the norms being the
     singular-value estimates that let bases of several calls of one layer be merged. An
     all-zero input (its layer's gradient is zero) or an overflowing one gives a zero
     basis: no probe.
@@ -120,7 +125,7 @@ def power_iteration(
     # float32 at least (bf16 products lose the subspace); float64 inputs stay float64.
     h = h.to(torch.promote_types(h.dtype, torch.float32))
     rank = min(rank, h.shape[1])
-    q = _start(h, rank, generator)
+    q = _start(h, rank, start)
     if steps == 0:
         q = _orthonormalize(q)
         return Subspace(q, reducer.norm((h @ q).norm(dim=0)))
@@ -130,7 +135,7 @@ def power_iteration(
     # way (the Q factor of M R⁻¹, R triangular with a positive diagonal, is M's).
     for _ in range(steps):
         product = reducer.sum_(h.T @ (h @ q))
-        norm = torch.linalg.vector_norm(product)
+        norm = _norm(product)  # float64: the scaled start's first product does not underflow
         q = _orthonormalize(product)
     # A zero product stays zero and a non-finite one stays non-finite through later
     # steps, so checking the last one is enough. NaN compares False. A Python `if` on a
@@ -148,7 +153,6 @@ def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) ->
     two matrix-vector products per step, and the end three kernels (norm, divide, and
     zeroing a degenerate result), with no host sync.
     """
-    v = v * START_SCALE
     for step in range(1, steps + 1):
         iterate, image = v, h @ v
         v = reducer.sum_(h.T @ image)
@@ -224,11 +228,43 @@ class ActivationCapture:
         self._row_index: torch.Tensor | None = None
         self._row_index_mask: torch.Tensor | None = None
         self._row_index_device: torch.device | None = None
+        self._starts: dict[torch.device, dict[int, torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- hooks -------------------------------------------------------------------------
     def _mask(self) -> torch.Tensor | None:
         return self.explicit_mask if self.explicit_mask is not None else self._seen_mask
+
+    def _start_for(self, tensor: TrainableTensor, h: torch.Tensor, call: int) -> Any:
+        """This call's power-iteration start for `tensor`'s layer.
+
+        A layer's first call takes a view of one draw made for every hooked layer on the
+        device (one kernel per step, not one per layer); a layer run again in the same
+        pass starts afresh from a generator of its own.
+        """
+        if call == 0:
+            if h.device not in self._starts:
+                self._starts[h.device] = self._draw_starts(h.device)
+            start = self._starts[h.device].get(tensor.index)
+            if start is not None and start.shape[0] == h.shape[1]:
+                return start
+        return generator_for(h.device, self.seed, tensor.index, STREAM_POWER_ITERATION, call)
+
+    def _draw_starts(self, device: torch.device) -> dict[int, torch.Tensor]:
+        shapes = {
+            t.index: (d_in, min(self.rank, d_in))
+            for t in self.tensors
+            if t.linear_modules and t.param.device == device
+            for d_in in [t.param.shape[0] if t.transposed else t.param.shape[1]]
+        }
+        flat = split_draw(
+            [d * r for d, r in shapes.values()],
+            device,
+            self.seed,
+            STREAM_POWER_ITERATION,
+            scale=START_SCALE,
+        )
+        return {i: v.view(shape) for (i, shape), v in zip(shapes.items(), flat)}
 
     def _real_row_index(self, mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
         """Flat indices of the real tokens, or None when there is no padding at all.
@@ -290,10 +326,8 @@ class ActivationCapture:
                     # A layer run twice in one pass starts its second iteration afresh.
                     call = self._calls.get(tensor.index, 0)
                     self._calls[tensor.index] = call + 1
-                    gen = generator_for(
-                        h.device, self.seed, tensor.index, STREAM_POWER_ITERATION, call
-                    )
-                    summary = power_iteration(h, self.rank, self.power_steps, gen, self.reducer)
+                    start = self._start_for(tensor, h, call)
+                    summary = power_iteration(h, self.rank, self.power_steps, start, self.reducer)
                     self._remember_input(x, summary)
                 previous = self._summaries.get(tensor.index)
                 if previous is not None:
@@ -337,6 +371,7 @@ class ActivationCapture:
         self._handles.clear()
         self._seen_mask = None
         self._last_input = self._last_summary = None
+        self._starts.clear()
 
     @property
     def result(self) -> CapturedSubspaces:
