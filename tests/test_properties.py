@@ -434,23 +434,36 @@ def test_interrupted_update_leaves_no_tensor_perturbed(update: str) -> None:
         torch.testing.assert_close(p.detach(), w, rtol=0, atol=1e-6)
 
 
+def _step_counts(make, layers: int) -> OperatorCounter:
+    """Operators of one step (after a first step, which also checks precision)."""
+    model = agzo.testing.tiny_causal_lm("llama", num_hidden_layers=layers)
+    ids, mask, labels = batch("llama", pad=0)
+    opt = make(model)
+    closure = loss_fn(model, "llama", ids, mask, labels)
+    opt.step(closure)
+    with OperatorCounter() as counter:
+        opt.step(closure)
+    return counter
+
+
 @pytest.mark.parametrize("name", ["agzo", "mezo", "lozo"])
 def test_host_syncs_per_step_do_not_grow_with_depth(name: str) -> None:
     """A step may read its losses, but no layer may add a host sync (on a GPU each one
     stalls the launch queue; per-layer checks once made AGZO's capture slower than
     its forward passes)."""
-    counts = []
-    for layers in (1, 4):
-        model = agzo.testing.tiny_causal_lm("llama", num_hidden_layers=layers)
-        ids, mask, labels = batch("llama", pad=2)
-        closure = loss_fn(model, "llama", ids, mask, labels)
-        opt = OPTIMIZERS[name](model)
-        opt.step(closure)  # the first step also checks precision
-        with OperatorCounter() as counter:
-            opt.step(closure)
-        counts.append(counter.syncs)
+    counts = [_step_counts(OPTIMIZERS[name], layers).syncs for layers in (1, 4)]
     assert counts[0] == counts[1], f"host syncs per step at 1 and 4 layers: {counts}"
     assert counts[1] <= 12, counts  # losses, the mask, the batch's token rows
+
+
+def test_agzo_launches_grow_with_depth_no_faster_than_mezo() -> None:
+    """On a GPU a small model's step costs launches: each layer AGZO adds (its capture,
+    its probes) must cost no more kernels than the same layer costs MeZO."""
+    growth = {}
+    for name, make in (("agzo", agzo.AGZO), ("mezo", agzo.MeZO)):  # defaults: rank 1
+        shallow, deep = (_step_counts(make, layers).launches for layers in (1, 4))
+        growth[name] = deep - shallow
+    assert 0 < growth["agzo"] <= growth["mezo"], growth
 
 
 @pytest.mark.parametrize("update", ["sgd", "momentum", "adam"])

@@ -16,13 +16,14 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch.autograd.profiler import record_function
 
 from agzo.core.reduce import LOCAL, Reducer
 from agzo.core.transforms import Gradient
-from agzo.directions.base import Direction, row_chunks
+from agzo.directions.base import DenseDirection, Direction, batchable, row_chunks
 from agzo.params import TrainableTensor
 
 Closure = Callable[[], "torch.Tensor | float"]
@@ -65,16 +66,26 @@ class Probe:
     directions: Sequence[Direction]
 
     def shift(self, alpha: float) -> None:
-        """W += alpha * Δ for every tensor; undone for all tensors if interrupted."""
+        """W += alpha * Δ for every tensor; undone for all tensors if interrupted.
+
+        Held small directions (AGZO's norms and biases) move in one multi-tensor add:
+        one kernel launch for all of them.
+        """
+        pairs = [(t.param.data, d) for t, d in zip(self.tensors, self.directions)]
+        single = [(p, d) for p, d in pairs if not batchable(p, d)]
+        together = [(p, cast(DenseDirection, d).values) for p, d in pairs if batchable(p, d)]
         moved = 0
         try:
             with record_function("agzo.perturb"):
-                for tensor, direction in zip(self.tensors, self.directions):
-                    direction.add_to(tensor.param.data, alpha)
+                for param, direction in single:
+                    direction.add_to(param, alpha)
                     moved += 1
+                if together:
+                    params, values = zip(*together)
+                    torch._foreach_add_(list(params), list(values), alpha=alpha)
         except BaseException:
-            for tensor, direction in zip(self.tensors[:moved], self.directions[:moved]):
-                direction.add_to(tensor.param.data, -alpha)
+            for param, direction in single[:moved]:
+                direction.add_to(param, -alpha)
             raise
 
 

@@ -35,6 +35,7 @@ from agzo.core.estimator import (
 )
 from agzo.core.reduce import LOCAL, Reducer
 from agzo.core.transforms import Gradient, Transform, Update, apply_update, make_transform
+from agzo.directions.base import batchable
 from agzo.directions.sampler import DirectionSampler, ObservationContext, ProbeContext
 from agzo.params import TrainableTensor, describe_tensors, select_named_parameters
 from agzo.seeding import derive_seed
@@ -291,7 +292,8 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
     def _apply(self, estimate: Estimate) -> None:
         """Restore and update every tensor. The weights sit at W₀ + offset·Δ (last probe)."""
         offset, last = estimate.offset, estimate.last.directions
-        done = 0
+        done: set[int] = set()
+        together: dict[tuple[float, float], list[int]] = {}
         try:
             with record_function("agzo.update"):
                 for i, (tensor, group) in enumerate(zip(self.tensors, self._current_groups())):
@@ -299,22 +301,40 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
                     if self.transform.stateless and len(gradient.terms) == 1:
                         # Plain SGD, one probe: restore and step in one pass, no dense Δ.
                         decay = self.transform(Update(gradient), param, {}, group).decay
+                        if batchable(param, last[i]):
+                            together.setdefault((group["lr"], decay), []).append(i)
+                            continue
                         _fused_sgd_step(param, gradient, offset, group["lr"], decay)
-                        done += 1
+                        done.add(i)
                         continue
                     if offset:
                         last[i].add_to(param, -offset)
-                    done += 1  # at W₀ now: must not be shifted back again
+                    done.add(i)  # at W₀ now: must not be shifted back again
                     update = self.transform(
                         Update(gradient), param, self.state[tensor.param], group
                     )
                     apply_update(param, update, group["lr"])
+                g = estimate.gs[0]
+                for (lr, decay), indices in together.items():
+                    self._fused_sgd_together(indices, last, offset, lr * g, 1.0 - lr * decay)
+                    done.update(indices)
         except BaseException:
             # Interrupted mid-update (Ctrl-C): tensors already stepped keep their step, the
             # rest are moved back to W₀, so nothing is left perturbed.
-            for tensor, direction in zip(self.tensors[done:], last[done:]):
-                direction.add_to(tensor.param.data, -offset)
+            for i, tensor in enumerate(self.tensors):
+                if i not in done:
+                    last[i].add_to(tensor.param.data, -offset)
             raise
+
+    def _fused_sgd_together(
+        self, indices: list[int], directions: Sequence[Any], offset: float, step: float, keep: float
+    ) -> None:
+        """`_fused_sgd_step` for held small directions, as multi-tensor operations."""
+        params = [self.tensors[i].param.data for i in indices]
+        if keep != 1.0:
+            torch._foreach_mul_(params, keep)
+        values = [directions[i].values for i in indices]
+        torch._foreach_add_(params, values, alpha=-(offset * keep + step))
 
     # -- checkpoints --------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:

@@ -286,3 +286,13 @@ class DenseDirection(Direction):
                 part.copy_(part.float().add_(self.values[rows], alpha=alpha))
         else:
             param.add_(self.values, alpha=alpha)
+
+
+def batchable(param: torch.Tensor, direction: Direction) -> bool:
+    """Whether `direction` can join one multi-tensor add (`torch._foreach_add_`) with
+    others: a held tensor of the weight's own full-precision dtype."""
+    return (
+        isinstance(direction, DenseDirection)
+        and direction.values.dtype == param.dtype
+        and not is_low_precision(param)
+    )

@@ -19,6 +19,7 @@ NO_KERNEL = frozenset(
         *("view", "_unsafe_view", "reshape", "select", "slice", "t", "transpose", "permute"),
         *("expand", "unsqueeze", "squeeze", "as_strided", "detach", "alias", "lift_fresh"),
         *("promote_types", "result_type", "empty", "empty_like", "split", "chunk", "unbind"),
+        "split_with_sizes",
         *("_record_function_enter_new", "_record_function_exit"),
     }
 )
