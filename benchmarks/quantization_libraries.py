@@ -288,9 +288,33 @@ def measure(
     return row
 
 
+def markdown_table(path: str) -> str:
+    """The rows of a JSON-lines file written by this script, as a Markdown table."""
+    lines = [
+        "| library | model | bits | MB (float32 MB) | logits max abs diff | mean cosine "
+        "| top-1 agree | time / float32 | hook sees input | + x Vᵀ Cᵀ works |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for line in Path(path).read_text().splitlines():
+        r = json.loads(line)
+        if "error" in r:
+            lines.append(f"| {r['library']} | {r['model']} | {r['bits']} | failed: {r['error']} |")
+            continue
+        hooked = r["hooked_layers"] == r["quantized_layers"] and r["first_input_identical"]
+        term = r["zero_term_leaves_logits"] and r["term_exact_on_first_layer"]
+        lines.append(
+            f"| {r['library']} | {r['model']} | {r['bits']} | {r['state_bytes'] / 1e6:.1f} "
+            f"({r['float32_state_bytes'] / 1e6:.1f}) | {r['max_abs_diff']:.3g} "
+            f"(of {r['reference_max_abs']:.3g}) | {r['mean_cosine']:.4f} "
+            f"| {r['top1_agreement']:.3f} | {r['time_ratio']:.2f} "
+            f"| {'yes' if hooked else 'no'} | {'yes' if term else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lib", choices=list(LIBRARIES), required=True)
+    parser.add_argument("--lib", choices=list(LIBRARIES))
     parser.add_argument("--model", default="tiny", help="'tiny' (random Llama) or a model spec")
     parser.add_argument("--bits", default="8,4")
     parser.add_argument("--batch", type=int, default=16)
@@ -298,7 +322,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--text", default=None, help="TSV whose first column gives the tokens")
     parser.add_argument("--output", default="quantization-libraries.jsonl")
+    parser.add_argument("--table", default=None, help="print a JSON-lines file as Markdown")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(args.table))
+        return
+    if args.lib is None:
+        parser.error("--lib is required (or --table to print results)")
     torch.set_num_threads(1)
     if args.model == "tiny":
         from agzo.models import tiny_tokenizer
