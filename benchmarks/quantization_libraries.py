@@ -342,8 +342,9 @@ def main() -> None:
     with Path(args.output).open("a") as out:
         for bits in (int(b) for b in args.bits.split(",")):
             row = measure(args.lib, args.model, bits, ids, reference, args.repeats)
-            print(json.dumps({k: v for k, v in row.items() if k != "traceback"}))
+            print(json.dumps({k: v for k, v in row.items() if k != "traceback"}), flush=True)
             out.write(json.dumps(row) + "\n")
+            out.flush()  # a later, slower bit width may not finish
 
 
 if __name__ == "__main__":
