@@ -1,4 +1,4 @@
-"""`agzo probe alignment | memory | speed`: the instruments behind docs/RESULTS.md."""
+"""`agzo probe alignment | memory | speed | layers`: the instruments behind docs/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def _ints(text: str) -> list[int]:
 
 
 def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `probe alignment | memory | speed` to the `agzo` command; returns its parser."""
+    """Add `probe alignment | memory | speed | layers` to the `agzo` command; returns its parser."""
     probe: argparse.ArgumentParser = subparsers.add_parser(
-        "probe", help="measure gradient alignment, memory or speed"
+        "probe", help="measure gradient alignment, memory, speed or activation outliers per layer"
     )
     kinds = probe.add_subparsers(dest="probe", required=True)
 
@@ -80,6 +80,26 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     speed.add_argument("--dtype", default="float32")
     speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     speed.add_argument("--output", default="probe-speed")
+
+    layers = kinds.add_parser(
+        "layers", help="activation outliers per decoder layer; selects the dominant layer"
+    )
+    layers.add_argument("--model", default="smollm2-135m")
+    layers.add_argument("--task", default="sst2")
+    layers.add_argument("--data-dir", default=None)
+    layers.add_argument("--examples", type=int, default=64, help="training examples to run")
+    layers.add_argument("--batch-size", type=int, default=16)
+    layers.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="select the first layer whose max/median ratio exceeds this multiple of the "
+        "lowest layer's ratio (default 10)",
+    )
+    layers.add_argument("--seed", type=int, default=0, help="which training examples")
+    layers.add_argument("--output", default="probe-layers", help="output directory")
+    layers.add_argument("--json", default=None, help="JSON path (default OUTPUT/layers.json)")
+    layers.add_argument("--plot", default=None, help="PNG path (default OUTPUT/layers.png)")
     return probe
 
 
@@ -91,6 +111,8 @@ def run_probe(args: argparse.Namespace) -> int:
         return _alignment(args, out)
     if args.probe == "memory":
         return _memory(args, out)
+    if args.probe == "layers":
+        return _layers(args, out)
     return _speed(args, out)
 
 
@@ -227,4 +249,55 @@ def _speed(args: argparse.Namespace, out: Path) -> int:
     print(f"{args.shape} {args.dtype}, batch {args.batch} x {args.seq} tokens, {args.device}")
     print(format_speed(report))
     print(f"wrote {out / 'speed.json'}")
+    return 0
+
+
+def _layers(args: argparse.Namespace, out: Path) -> int:
+    from agzo.models import load_model
+    from agzo.probes.layers import (
+        DEFAULT_THRESHOLD,
+        LayerProbeError,
+        format_layers,
+        plot_layers,
+        probe_layers,
+    )
+    from agzo.tasks import load_splits
+    from agzo.train.objective import CandidateScorer
+
+    if args.examples < 1 or args.batch_size < 1:
+        raise ProbeError("--examples and --batch-size must be positive")
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    if threshold <= 0:
+        raise ProbeError(f"--threshold must be positive, got {threshold}")
+    splits = load_splits(
+        args.task, args.data_dir, seed=args.seed, n_train=args.examples, n_dev=1, n_test=1
+    )
+    model, tokenizer = load_model(args.model)
+    scorer = CandidateScorer(model, tokenizer)
+    # The batches training would see: the same examples, tokenized and padded the same way.
+    train = splits.train[: args.examples]
+    batches = [
+        scorer.batch(train[i : i + args.batch_size]) for i in range(0, len(train), args.batch_size)
+    ]
+    try:
+        probe = probe_layers(model, batches, threshold)
+    except LayerProbeError as error:
+        raise ProbeError(str(error)) from error
+    json_path = Path(args.json) if args.json else out / "layers.json"
+    plot_path = Path(args.plot) if args.plot else out / "layers.png"
+    for path in (json_path, plot_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": args.model,
+        "task": args.task,
+        "examples": len(train),
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        **probe.to_dict(),
+    }
+    json_path.write_text(json.dumps(payload, indent=2))
+    plot_layers(probe, str(plot_path))
+    print(f"{args.model} on {len(train)} {args.task} training examples")
+    print(format_layers(probe))
+    print(f"wrote {json_path} and {plot_path}")
     return 0
