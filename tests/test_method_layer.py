@@ -236,3 +236,56 @@ def test_exact_and_regex_patterns_tell_layer_1_from_layers_10_to_19() -> None:
         select_named_parameters(model, include=["=model.layers.1"])  # exact: not a prefix
     with pytest.raises(ValueError, match="invalid regular expression"):
         select_named_parameters(model, include=["re:layers.("])
+
+
+# --------------------------------------------------------------------------- --layers
+
+
+def _layer_run(model_dir, out, **changes):
+    from agzo.train import TrainConfig
+
+    settings = {
+        "model": str(model_dir), "steps": 2, "batch_size": 4, "n_train": 24, "n_dev": 8,
+        "n_test": 8, "eval_every": 2, "checkpoint_every": 2, "output_dir": str(out),
+        "tensorboard": False, "lr": 1e-2,
+    }  # fmt: skip
+    return TrainConfig.from_dict(settings | changes)
+
+
+@pytest.mark.parametrize("optimizer", ["agzo", "mezo", "fo-adamw"])
+def test_layers_restricts_training_to_the_named_layer(model_dir, tmp_path, optimizer) -> None:
+    from safetensors.torch import load_file
+
+    from agzo.train import train
+
+    result = train(_layer_run(model_dir, tmp_path / "run", layers="1", optimizer=optimizer))
+    before = load_file(str(model_dir / "model.safetensors"))
+    after = load_file(str(result.output_dir / "model" / "model.safetensors"))
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed, "nothing trained"
+    assert all(n.startswith("model.layers.1.") for n in changed), sorted(changed)
+
+
+def test_layers_dominant_is_recorded_and_reused(model_dir, tmp_path) -> None:
+    from agzo.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    train(_layer_run(model_dir, out, layers="dominant", steps=1))
+    saved = TrainConfig.from_file(out / "config.yaml")
+    assert saved.layers is not None and saved.layers.startswith("dominant:")
+    # Resuming with the same request finds the recorded layer, not a difference.
+    train(_layer_run(model_dir, out, layers="dominant", steps=2), resume=True)
+    assert TrainConfig.from_file(out / "config.yaml").layers == saved.layers
+
+
+def test_layers_bad_input_is_one_clear_line(model_dir, tmp_path, capsys) -> None:
+    from agzo.cli import main
+
+    flags = ["--model", str(model_dir), "--output-dir", str(tmp_path / "r"), "--steps", "1"]
+    assert main(["train", *flags, "--layers", "7"]) == 2
+    assert (
+        "layer 7 is out of range; the model has 2 decoder layers (0-1)" in capsys.readouterr().err
+    )
+    assert main(["train", *flags, "--layers", "two"]) == 2
+    assert "expected 'dominant' or layer indices" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -35,6 +35,7 @@ from agzo.methods import Method, all_option_names, get_method, method_names
 from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
 from agzo.tasks import available_tasks
 from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
+from agzo.train.layers import parse_layers
 
 __all__ = [
     "CUSTOM_TASK",
@@ -145,6 +146,10 @@ class TrainConfig:
         metadata=_help("the method's own settings, given flat: --rank 4 (see `agzo methods`)"),
     )
     weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay"))
+    layers: str | None = field(
+        default=None,
+        metadata=_help("train only these decoder layers: 3 | 2,3 | dominant (found by probe)"),
+    )
     include: tuple[str, ...] | None = field(
         default=None, metadata=_help("train only parameters matching (glob/substring)")
     )
@@ -265,6 +270,11 @@ class TrainConfig:
             raise ConfigError(str(error)) from error
 
     def _check_ranges(self) -> None:
+        if self.layers is not None:
+            try:
+                parse_layers(self.layers)
+            except ValueError as error:
+                raise ConfigError(str(error)) from error
         positive = ("steps", "batch_size", "n_train", "n_dev", "n_test", "eval_every")
         for name in (*positive, "eval_batch_size", "keep_checkpoints"):
             value = getattr(self, name)
@@ -341,7 +351,11 @@ class TrainConfig:
     ) -> dict[str, tuple[Any, Any]]:
         """{name: (self's value, other's value)} for resolved settings that differ."""
         mine, theirs = self.resolved(), other.resolved()
-        return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}
+        return {
+            k: (mine[k], theirs[k])
+            for k in mine
+            if k not in ignore and mine[k] != theirs[k] and not _same_layers(mine[k], theirs[k], k)
+        }
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -426,6 +440,14 @@ def suggest_setting(name: str) -> str | None:
     known += [n for n in all_option_names() if n not in known]
     close = difflib.get_close_matches(name, [*known, *_SETTING_ALIASES], n=1)
     return _SETTING_ALIASES.get(close[0], close[0]) if close else None
+
+
+def _same_layers(a: Any, b: Any, name: str) -> bool:
+    """`dominant` asks for the layer that `dominant:N` records: the same run."""
+    values = {str(a), str(b)}
+    return (
+        name == "layers" and "dominant" in values and any(v.startswith("dominant:") for v in values)
+    )
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -129,9 +129,9 @@ def train(
     plan = plan_run_dir(config, resume=resume, overwrite=overwrite)
     config = config.replace(output_dir=str(plan.path))
     say = Printer(quiet)
-    run = load_run(config, say)
+    run = load_run(config, say)  # resolves what needs the model (--layers dominant)
     with user_errors("optimizer"):
-        optimizer = build_optimizer(run.model, config)
+        optimizer = build_optimizer(run.model, run.config)
     session = _Session.start(run, optimizer, plan, say)
     try:
         session.evaluate_zero_shot()

@@ -33,6 +33,7 @@ from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import CUSTOM_TASK, TrainConfig
 from agzo.train.errors import TrainError
 from agzo.train.evaluate import Predictions, evaluate, metrics_of, predict
+from agzo.train.layers import restrict_to_layers
 from agzo.train.objective import LOSS_DESCRIPTIONS, CandidateScorer, LossKind
 
 __all__ = ["Printer", "RunData", "load_run", "make_task", "resolve_device", "user_errors"]
@@ -154,6 +155,8 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         say(f"note: {multi_token_note([*splits.train, *splits.dev, *splits.test], scorer)}")
     why = "the default" if config.loss == "lm" else "chosen with --loss"
     say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
+    with user_errors("--layers"):
+        config = restrict_to_layers(config, model, scorer, splits.train, say)
     dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
     return RunData(config, task, splits, dev, model, tokenizer, scorer)
 
