@@ -289,3 +289,63 @@ def test_layers_bad_input_is_one_clear_line(model_dir, tmp_path, capsys) -> None
     assert main(["train", *flags, "--layers", "two"]) == 2
     assert "expected 'dominant' or layer indices" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("optimizer", ["agzo", "mezo"])
+def test_lora_trains_only_the_adapters_and_saves_them_in_peft_format(
+    model_dir, tmp_path, optimizer
+) -> None:
+    from safetensors.torch import load_file
+
+    from agzo.models import load_model
+    from agzo.train import evaluate_model, train
+
+    config = _layer_run(model_dir, tmp_path / "run", lora_rank=2, optimizer=optimizer, steps=3)
+    result = train(config)
+    named = dict(result.model.named_parameters())
+    trained = {n for n, p in named.items() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+    base = load_file(str(model_dir / "model.safetensors"))
+    for name, param in named.items():  # the base weights are bit-unchanged
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if "lora_" not in name and key in base:
+            assert torch.equal(param.detach(), base[key]), name
+    lora_b = [p for n, p in named.items() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it moved
+    saved = tmp_path / "run" / "model"
+    assert (saved / "adapter_config.json").is_file()
+    reloaded, _ = load_model(saved)
+    for name, param in reloaded.named_parameters():
+        if "lora_" in name:
+            assert torch.equal(param, named[name]), name
+    again = evaluate_model(config.replace(model=str(saved), lora_rank=None))
+    assert again["test"]["accuracy"] == result.final["test"]["accuracy"]
+
+
+def test_agzo_probes_lora_b_inside_the_span_of_lora_a_outputs(tiny_llama) -> None:
+    from agzo.adapters.lora import wrap_with_lora
+
+    model = wrap_with_lora(tiny_llama, rank=3, targets=["q_proj"])
+    opt = agzo.AGZO(model, rank=1)
+    ids = torch.randint(3, 60, (2, 6))
+    observed = opt.observation(lambda: model(input_ids=ids).logits.sum(), 0)
+    probe = opt.probe(agzo.directions.ProbeContext(0, 0, 0, observed=observed))
+    b_tensors = [(t, d) for t, d in zip(probe.tensors, probe.directions) if "lora_B" in t.name]
+    assert b_tensors
+    for tensor, direction in b_tensors:
+        assert tensor.param.shape[1] == 3  # lora_B reads lora_A's r-dimensional output
+        basis = observed.bases[tensor.index]
+        rows = direction.dense()
+        torch.testing.assert_close(rows - rows @ basis @ basis.T, torch.zeros_like(rows))
+
+
+def test_lora_target_that_matches_nothing_is_one_clear_line(model_dir, tmp_path, capsys) -> None:
+    from agzo.cli import main
+
+    flags = ["--model", str(model_dir), "--output-dir", str(tmp_path / "r"), "--steps", "1"]
+    assert main(["train", *flags, "--lora-rank", "2", "--lora-targets", "qq_proj"]) == 2
+    err = capsys.readouterr().err
+    assert "match no module" in err and "q_proj" in err and err.count("\n") == 1

@@ -37,6 +37,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from agzo.adapters.lora import attach_adapters, base_spec_of, is_adapter_dir
 from agzo.fileio import link_or_copy
 
 __all__ = [
@@ -178,6 +179,11 @@ def _resolve(spec: str | os.PathLike[str]) -> _Source:
 def check_model_spec(spec: str | os.PathLike[str]) -> None:
     """Raise ModelLoadError now if `spec` cannot name a model (a missing path, a built-in
     model whose package is not installed); reads only the local disk."""
+    if is_adapter_dir(Path(os.fspath(spec)).expanduser()):
+        try:
+            spec = base_spec_of(spec)
+        except ValueError as error:
+            raise ModelLoadError(str(error)) from error
     _resolve(spec)
 
 
@@ -256,6 +262,15 @@ def load_model(
     Raises ModelLoadError with the fix (a pip command, the accepted forms) on failure.
     """
     torch_dtype = resolve_dtype(dtype)
+    if is_adapter_dir(Path(os.fspath(spec)).expanduser()):
+        # Saved LoRA adapters: their base, then the adapters on top.
+        try:
+            base, tokenizer = load_model(
+                base_spec_of(spec), dtype, device, local_files_only=local_files_only
+            )
+            return cast(Any, attach_adapters(base, spec)).eval(), tokenizer
+        except ValueError as error:
+            raise ModelLoadError(f"could not load adapters {os.fspath(spec)!r}: {error}") from error
     source = _resolve(spec)
     if source.from_hub and not local_files_only and not hub_reachable():
         local_files_only = True  # a model already in the local hub cache still loads
@@ -343,7 +358,8 @@ def save_model(
     if out.exists():
         if not out.is_dir():
             raise FileExistsError(f"{str(out)!r} exists and is not a directory")
-        if any(out.iterdir()) and not (out / "config.json").is_file():
+        saved = (out / "config.json").is_file() or is_adapter_dir(out)
+        if any(out.iterdir()) and not saved:
             raise FileExistsError(
                 f"{str(out)!r} is a non-empty directory that does not look like a saved model "
                 "(no config.json); refusing to replace it"

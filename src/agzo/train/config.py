@@ -146,6 +146,15 @@ class TrainConfig:
         metadata=_help("the method's own settings, given flat: --rank 4 (see `agzo methods`)"),
     )
     weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay"))
+    lora_rank: int | None = field(
+        default=None, metadata=_help("train peft LoRA adapters of this rank, not the weights")
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata=_help("LoRA scale alpha (default: the rank, scale 1)")
+    )
+    lora_targets: tuple[str, ...] | None = field(
+        default=None, metadata=_help("LoRA target modules, peft's names (default: peft's)")
+    )
     layers: str | None = field(
         default=None,
         metadata=_help("train only these decoder layers: 3 | 2,3 | dominant (found by probe)"),
@@ -275,6 +284,10 @@ class TrainConfig:
                 parse_layers(self.layers)
             except ValueError as error:
                 raise ConfigError(str(error)) from error
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise ConfigError(f"--lora-rank must be >= 1, got {self.lora_rank}")
+        if self.lora_rank is None and (self.lora_alpha or self.lora_targets):
+            raise ConfigError("--lora-alpha and --lora-targets need --lora-rank")
         positive = ("steps", "batch_size", "n_train", "n_dev", "n_test", "eval_every")
         for name in (*positive, "eval_batch_size", "keep_checkpoints"):
             value = getattr(self, name)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agzo.adapters.lora import is_adapter_dir
 from agzo.tasks.base import Example
 from agzo.train.checkpoint import CONFIG, is_checkpoint_dir, load_checkpoint, load_weights
 from agzo.train.config import TrainConfig
@@ -32,7 +33,8 @@ def saved_settings(spec: str) -> tuple[dict[str, Any], Path | None]:
         checkpoint = load_checkpoint(path)
         return checkpoint.config().resolved(), checkpoint.weights_path
     for run_dir, model_dir in ((path, path / MODEL_DIR), (path.parent, path)):
-        if (run_dir / CONFIG).is_file() and (model_dir / "config.json").is_file():
+        saved_model = (model_dir / "config.json").is_file() or is_adapter_dir(model_dir)
+        if (run_dir / CONFIG).is_file() and saved_model:
             base = TrainConfig.from_file(run_dir / CONFIG).resolved()
             return base | {"model": str(model_dir)}, None
     return {"model": spec}, None

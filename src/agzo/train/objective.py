@@ -412,4 +412,6 @@ def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
 
 
 def _forward_parameters(module: Any) -> set[str]:
-    return set(inspect.signature(module.forward).parameters)
+    # A peft model's forward takes **kwargs and passes them to the model it wraps.
+    inner = module.get_base_model() if hasattr(module, "get_base_model") else module
+    return set(inspect.signature(inner.forward).parameters)

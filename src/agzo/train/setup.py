@@ -18,6 +18,7 @@ from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from agzo.adapters.lora import is_adapter_dir, wrap_with_lora
 from agzo.models import check_model_spec, load_model
 from agzo.tasks import (
     Example,
@@ -145,6 +146,14 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     say(f"loading model {config.model} ({config.dtype}, {device})")
     with user_errors(f"model {config.model!r}"), _progress_bars(enabled=not say.quiet):
         model, tokenizer = load_model(config.model, config.dtype, device)
+    if config.lora_rank is not None and not is_adapter_dir(config.model):
+        with user_errors("LoRA"):
+            model = cast(
+                PreTrainedModel,  # a peft model forwards every call to the model it wraps
+                wrap_with_lora(
+                    model, config.lora_rank, config.lora_alpha, config.lora_targets, config.model
+                ),
+            )
     loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
     scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
     with user_errors("tokenizing the examples"):

@@ -1,0 +1,1 @@
+"""Layers a method adds to a model: LoRA adapters through peft (`lora`)."""
