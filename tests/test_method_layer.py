@@ -185,8 +185,8 @@ def test_load_state_dict_refuses_other_hyperparameters(saved, loaded, what: str)
 
 
 def test_every_method_is_registered_once_with_self_validating_options() -> None:
-    assert method_names() == ("agzo", "mezo", "lozo", "fo-adamw", "fo-sgd")
-    assert method_names(zeroth_order=True) == ("agzo", "mezo", "lozo")
+    assert method_names() == ("agzo", "mezo", "lozo", "zo-act", "fo-adamw", "fo-sgd")
+    assert method_names(zeroth_order=True) == ("agzo", "mezo", "lozo", "zo-act")
     for method in methods():
         defaults = method.defaults()
         assert defaults.lr > 0

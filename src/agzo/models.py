@@ -38,6 +38,10 @@ from transformers import (
 )
 
 from agzo.adapters.lora import attach_adapters, base_spec_of, is_adapter_dir
+from agzo.adapters.zo_act import adapted_layers, is_zo_act_dir
+from agzo.adapters.zo_act import adapter_settings as zo_act_settings
+from agzo.adapters.zo_act import load_adapter as load_zo_act_adapter
+from agzo.adapters.zo_act import save_adapter as save_zo_act_adapter
 from agzo.fileio import link_or_copy
 
 __all__ = [
@@ -176,10 +180,37 @@ def _resolve(spec: str | os.PathLike[str]) -> _Source:
     return _Source(location=text, from_hub=True)
 
 
+def _load_zo_act(
+    spec: str | os.PathLike[str],
+    dtype: str | torch.dtype,
+    device: str | torch.device,
+    local_files_only: bool,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A saved ZO-Act adapter: its base (quantized again if it was), then A and C on top."""
+    settings = zo_act_settings(spec)
+    base_spec = settings.get("base_model")
+    if not base_spec:
+        raise ModelLoadError(f"{os.fspath(spec)!r}: the ZO-Act adapter names no base model")
+    model, tokenizer = load_model(base_spec, dtype, device, local_files_only=local_files_only)
+    try:
+        if settings.get("quantize"):
+            from agzo.quantize import quantize_linear_weights
+
+            quantize_linear_weights(model, int(settings["quantize"]))
+        load_zo_act_adapter(model, spec)
+    except ValueError as error:
+        raise ModelLoadError(f"could not load {os.fspath(spec)!r}: {error}") from error
+    cast(Any, model).agzo_zo_act = {k: v for k, v in settings.items() if k != "fingerprint"}
+    return model.eval(), tokenizer
+
+
 def check_model_spec(spec: str | os.PathLike[str]) -> None:
     """Raise ModelLoadError now if `spec` cannot name a model (a missing path, a built-in
     model whose package is not installed); reads only the local disk."""
-    if is_adapter_dir(Path(os.fspath(spec)).expanduser()):
+    path = Path(os.fspath(spec)).expanduser()
+    if is_zo_act_dir(path):
+        spec = zo_act_settings(path).get("base_model") or ""
+    elif is_adapter_dir(path):
         try:
             spec = base_spec_of(spec)
         except ValueError as error:
@@ -262,6 +293,8 @@ def load_model(
     Raises ModelLoadError with the fix (a pip command, the accepted forms) on failure.
     """
     torch_dtype = resolve_dtype(dtype)
+    if is_zo_act_dir(Path(os.fspath(spec)).expanduser()):
+        return _load_zo_act(spec, dtype, device, local_files_only)
     if is_adapter_dir(Path(os.fspath(spec)).expanduser()):
         # Saved LoRA adapters: their base, then the adapters on top.
         try:
@@ -358,7 +391,7 @@ def save_model(
     if out.exists():
         if not out.is_dir():
             raise FileExistsError(f"{str(out)!r} exists and is not a directory")
-        saved = (out / "config.json").is_file() or is_adapter_dir(out)
+        saved = (out / "config.json").is_file() or is_adapter_dir(out) or is_zo_act_dir(out)
         if any(out.iterdir()) and not saved:
             raise FileExistsError(
                 f"{str(out)!r} is a non-empty directory that does not look like a saved model "
@@ -367,6 +400,13 @@ def save_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        if any(True for _ in adapted_layers(model)):
+            # ZO-Act: the calibrated bases and trained coefficients, beside the base's spec.
+            save_zo_act_adapter(model, staging, getattr(model, "agzo_zo_act", {}))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            _replace_dir(staging, out)
+            return out
         savable = _dense_copy_for_saving(model) if _needs_dense_copy(model) else model
         if weights_file is not None and _holds_every_tensor(savable, Path(weights_file)):
             _save_pretrained_linked(savable, Path(weights_file), staging)

@@ -6,7 +6,7 @@ methods up here (`get_method("agzo")`) instead of listing them.
 
 # isort: off
 # Registration order is the order `agzo methods` and the CLI list them in.
-from agzo.methods import agzo, mezo, lozo, first_order  # noqa: F401
+from agzo.methods import agzo, mezo, lozo, zo_act, first_order  # noqa: F401
 
 # isort: on
 from agzo.methods.agzo import AGZO, AGZOOptions

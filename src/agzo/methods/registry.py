@@ -47,6 +47,11 @@ class Method:
     # optimizer from keyword arguments (ZOTrainer's zo_kwargs) call it. None for methods
     # that are plain torch optimizers.
     optimizer_class: type | None = None
+    # Called once before the optimizer is built, for methods that add layers to the model
+    # (ZO-Act): prepare(model, options, calibration_batch, forward, base_spec) -> model.
+    prepare: Callable[..., nn.Module] | None = None
+    # False for methods that never write the base weights, which may then be quantized.
+    trains_base_weights: bool = True
 
     def train_step(
         self,

@@ -220,13 +220,15 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
 
 
 def _speed(args: argparse.Namespace, out: Path) -> int:
-    from agzo.methods import method_names
+    from agzo.methods import methods as all_methods
     from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
     from agzo.probes.speed import format_speed, measure_speed
 
     _check_choices("shape", [args.shape], list(SHAPES))
-    methods = _csv(args.methods) if args.methods else list(method_names())
-    _check_choices("method", methods, method_names())
+    # Methods that add layers to the model (ZO-Act) are measured alone, not beside others.
+    shared = [m.name for m in all_methods() if m.prepare is None]
+    methods = _csv(args.methods) if args.methods else shared
+    _check_choices("method", methods, shared)
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
     closure = last_token_loss(model, *random_batch(model, args.batch, args.seq, args.device))

@@ -42,9 +42,10 @@ def estimator_variants(
 
         return make
 
-    # Every zeroth-order method with its defaults, then AGZO's paper grid.
+    # Every zeroth-order method that trains the model's own weights (the cosine is taken
+    # against their gradient), with its defaults; then AGZO's paper grid.
     variants: dict[str, OptimizerFactory] = {
-        m.name: registered(m) for m in methods() if m.zeroth_order
+        m.name: registered(m) for m in methods() if m.zeroth_order and m.prepare is None
     }
     variants["agzo-embed-gaussian"] = agzo_variant(1, 3, "gaussian")
     for rank in (4, 16):

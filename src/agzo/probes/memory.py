@@ -85,7 +85,7 @@ def run_worker(
                 closure()
     else:
         options = {"update": update} if update and get_method(config).zeroth_order else {}
-        optimizer = probe_optimizer(config, model, **options)
+        optimizer = probe_optimizer(config, model, closure, **options)
         step = step_function(optimizer, closure)
         for _ in range(2):
             step()

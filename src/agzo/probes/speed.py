@@ -14,13 +14,15 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
 from agzo.core.optimizer import ZerothOrderOptimizer
-from agzo.methods import get_method, method_names
+from agzo.methods import get_method
+from agzo.methods import methods as all_methods
 
 REGIONS = (
     "agzo.forward",
@@ -34,11 +36,22 @@ REGIONS = (
 Step = Callable[[], object]
 
 
-def probe_optimizer(method: str, model: nn.Module, **options: Any) -> torch.optim.Optimizer:
+def probe_optimizer(
+    method: str,
+    model: nn.Module,
+    closure: Callable[[], torch.Tensor] | None = None,
+    **options: Any,
+) -> torch.optim.Optimizer:
     """A registered method's optimizer with its defaults, except a tiny lr (the probes
-    measure cost, not progress) and the given `options`."""
+    measure cost, not progress) and the given `options`. A method that adds layers to the
+    model (ZO-Act) prepares it first, calibrating on one pass of `closure`."""
     spec = get_method(method)
-    return spec.build(model, spec.make_options(**{"lr": 1e-12, **options}))
+    chosen = spec.make_options(**{"lr": 1e-12, **options})
+    if spec.prepare is not None:
+        if closure is None:
+            raise ValueError(f"{method} prepares the model on a batch: pass the closure")
+        spec.prepare(model, chosen, SimpleNamespace(attention_mask=None), lambda _: closure())
+    return spec.build(model, chosen)
 
 
 def step_function(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor]) -> Step:
@@ -59,7 +72,15 @@ def step_function(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.
 def make_step(
     method: str, model: nn.Module, closure: Callable[[], torch.Tensor], **options: Any
 ) -> Step:
-    return step_function(probe_optimizer(method, model, **options), closure)
+    """One step of `method` on the closure's batch, on the model shared with the other
+    methods measured beside it; so not for a method that adds layers to the model (ZO-Act:
+    measure it in a process of its own, as `agzo probe memory` does)."""
+    if get_method(method).prepare is not None:
+        raise ValueError(
+            f"{method} adds layers to the model, which the other methods measured beside it "
+            "would then see; measure it alone (agzo probe memory runs each in its own process)"
+        )
+    return step_function(probe_optimizer(method, model, closure, **options), closure)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -109,7 +130,8 @@ def measure_speed(
 ) -> SpeedReport:
     """Median step time of each method (default: every zeroth-order one) and of two plain
     forwards, interleaved per round."""
-    methods = method_names(zeroth_order=True) if methods is None else methods
+    if methods is None:
+        methods = tuple(m.name for m in all_methods() if m.zeroth_order and m.prepare is None)
     device = next(model.parameters()).device
 
     def two_forwards() -> None:

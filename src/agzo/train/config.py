@@ -146,6 +146,10 @@ class TrainConfig:
         metadata=_help("the method's own settings, given flat: --rank 4 (see `agzo methods`)"),
     )
     weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay"))
+    quantize: int | None = field(
+        default=None,
+        metadata=_help("weight-only quantized base: 8 | 4 (needs zo-act or --lora-rank)"),
+    )
     lora_rank: int | None = field(
         default=None, metadata=_help("train peft LoRA adapters of this rank, not the weights")
     )
@@ -284,6 +288,14 @@ class TrainConfig:
                 parse_layers(self.layers)
             except ValueError as error:
                 raise ConfigError(str(error)) from error
+        if self.quantize is not None:
+            if self.quantize not in (8, 4):
+                raise ConfigError(f"--quantize must be 8 or 4 (bits), got {self.quantize}")
+            if self.method.trains_base_weights and self.lora_rank is None:
+                raise ConfigError(
+                    f"--quantize {self.quantize} freezes the base weights in a quantized form, "
+                    f"but {self.optimizer} trains them; use --optimizer zo-act or --lora-rank"
+                )
         if self.lora_rank is not None and self.lora_rank < 1:
             raise ConfigError(f"--lora-rank must be >= 1, got {self.lora_rank}")
         if self.lora_rank is None and (self.lora_alpha or self.lora_targets):

@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.adapters.lora import is_adapter_dir, wrap_with_lora
+from agzo.adapters.zo_act import is_zo_act_dir
 from agzo.models import check_model_spec, load_model
+from agzo.quantize import quantize_linear_weights
 from agzo.tasks import (
     Example,
     TaskDataError,
@@ -146,6 +148,9 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     say(f"loading model {config.model} ({config.dtype}, {device})")
     with user_errors(f"model {config.model!r}"), _progress_bars(enabled=not say.quiet):
         model, tokenizer = load_model(config.model, config.dtype, device)
+    if config.quantize is not None and not is_zo_act_dir(config.model):
+        with user_errors("--quantize"):
+            quantize_linear_weights(model, config.quantize)
     if config.lora_rank is not None and not is_adapter_dir(config.model):
         with user_errors("LoRA"):
             model = cast(
@@ -164,6 +169,17 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         say(f"note: {multi_token_note([*splits.train, *splits.dev, *splits.test], scorer)}")
     why = "the default" if config.loss == "lm" else "chosen with --loss"
     say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
+    prepare = config.method.prepare
+    if prepare is not None:
+        # Methods that add layers (ZO-Act) calibrate on the run's first training batch:
+        # the same examples on resume and for eval, so the same layers.
+        with user_errors(config.optimizer):
+            calibration = scorer.batch(list(splits.train[: config.batch_size]))
+            prepared = prepare(model, config.method_options, calibration, scorer.loss, config.model)
+        if config.quantize is not None:  # recorded with the adapter, so it loads the same base
+            recorded = cast(Any, prepared)
+            recorded.agzo_zo_act = {**recorded.agzo_zo_act, "quantize": config.quantize}
+        model = cast(PreTrainedModel, prepared)
     with user_errors("--layers"):
         config = restrict_to_layers(config, model, scorer, splits.train, say)
     dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
