@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import agzo
 from agzo.core.optimizer import ZerothOrderOptimizer
@@ -349,3 +350,46 @@ def test_lora_target_that_matches_nothing_is_one_clear_line(model_dir, tmp_path,
     assert main(["train", *flags, "--lora-rank", "2", "--lora-targets", "qq_proj"]) == 2
     err = capsys.readouterr().err
     assert "match no module" in err and "q_proj" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- adaptive rank
+
+
+def test_adaptive_rank_keeps_the_directions_that_hold_the_energy() -> None:
+    from agzo.observe import ActivationCapture
+    from agzo.params import describe_tensors
+
+    torch.manual_seed(0)
+    layer = nn.Linear(12, 5)
+    gen = torch.Generator().manual_seed(1)
+    u, _ = torch.linalg.qr(torch.randn(200, 12, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen))
+    s = torch.full((12,), 0.1)
+    s[:2] = torch.tensor([10.0, 9.0])  # 55% and 45% of the energy; the rest 0.06%
+    x = u @ torch.diag(s) @ v.T
+    tensors = describe_tensors([("weight", layer.weight)], layer)
+    for energy, expected in ((0.5, 1), (0.9, 2), (0.9999, 4), (1.0, None)):
+        capture = ActivationCapture(tensors, rank=4, power_steps=8, seed=3, energy=energy)
+        with torch.no_grad(), capture:
+            layer(x)
+        result = capture.result
+        if expected is None:  # threshold 1: the fixed-rank capture, no ranks reported
+            assert result.ranks == {} and result.bases[0].abs().sum(0).gt(0).sum() == 4
+            continue
+        rank = int(result.ranks[0])
+        assert rank == expected <= 4
+        assert torch.equal(result.bases[0][:, rank:], torch.zeros(12, 4 - rank))
+
+
+def test_adaptive_rank_never_reached_is_fixed_rank_agzo() -> None:
+    model, loss = _setup()
+    twin = copy.deepcopy(model)
+    twin_loss = loss_fn(twin, "llama", *batch("llama", pad=2))
+    fixed = agzo.AGZO(model, rank=3, seed=5, lr=1e-3)
+    adaptive = agzo.AGZO(twin, rank=3, seed=5, lr=1e-3, energy=1.0 - 1e-9)
+    for _ in range(3):
+        fixed.step(loss)
+        adaptive.step(twin_loss)
+    assert set(adaptive.ranks().values()) == {3}
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)

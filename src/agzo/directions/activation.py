@@ -51,7 +51,11 @@ class ActivationSampler(DirectionSampler):
     observes_model = True
 
     def __init__(
-        self, rank: int = 1, power_steps: int = 3, embedding_mode: EmbeddingMode = "activation"
+        self,
+        rank: int = 1,
+        power_steps: int = 3,
+        embedding_mode: EmbeddingMode = "activation",
+        energy: float = 1.0,
     ) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
@@ -61,15 +65,20 @@ class ActivationSampler(DirectionSampler):
             raise ValueError(
                 f"embedding_mode must be one of {EMBEDDING_MODES}, got {embedding_mode!r}"
             )
+        if not 0.0 < energy <= 1.0:
+            raise ValueError(f"energy must be in (0, 1], got {energy}")
         self.rank = rank
         self.power_steps = power_steps
         self.embedding_mode = embedding_mode
+        self.energy = energy
+        self.last_ranks: dict[int, torch.Tensor] = {}  # with an adaptive rank (energy < 1)
 
     def settings(self) -> dict[str, Any]:
         return {
             "rank": self.rank,
             "power_steps": self.power_steps,
             "embedding_mode": self.embedding_mode,
+            "energy": self.energy,
         }
 
     def observer(self, context: ObservationContext) -> ActivationCapture:
@@ -81,6 +90,7 @@ class ActivationSampler(DirectionSampler):
             root=context.model,
             attention_mask=context.attention_mask,
             reducer=context.reducer,
+            energy=self.energy,
         )
 
     def sample_all(self, tensors: Sequence[TrainableTensor], ctx: ProbeContext) -> list[Direction]:
@@ -93,6 +103,7 @@ class ActivationSampler(DirectionSampler):
         observed = ctx.observed
         if not isinstance(observed, CapturedSubspaces):
             raise RuntimeError("ActivationSampler needs the subspaces of its observed forward pass")
+        self.last_ranks = observed.ranks
         factor_shapes: dict[int, tuple[int, int]] = {}
         small: list[TrainableTensor] = []
         for tensor in tensors:

@@ -9,7 +9,7 @@ embeddings and other tensors). One-sided by default: the observed pass is f(W₀
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -27,11 +27,17 @@ class AGZOOptions(ZerothOrderOptions):
     rank: int = option(1, "subspace rank r per linear layer (paper: 1)")
     power_steps: int = option(3, "power-iteration steps K (paper: 3)")
     embedding_mode: str = option("activation", "embedding probes: " + " | ".join(EMBEDDING_MODES))
+    energy: float = option(
+        1.0,
+        "adaptive rank: per layer and step, the fewest of the rank directions that capture "
+        "this share of the input's energy (1: always rank)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
         check(self.power_steps >= 0, f"power_steps must be >= 0, got {self.power_steps}")
+        check(0.0 < self.energy <= 1.0, f"energy must be in (0, 1], got {self.energy}")
         check(
             self.embedding_mode in EMBEDDING_MODES,
             f"unknown embedding_mode {self.embedding_mode!r}; "
@@ -53,17 +59,24 @@ class AGZO(ZerothOrderOptimizer):
         rank: int = _DEFAULTS.rank,
         power_steps: int = _DEFAULTS.power_steps,
         embedding_mode: EmbeddingMode = "activation",
+        energy: float = _DEFAULTS.energy,
         update: Any = _DEFAULTS.update,
         two_sided: bool = _DEFAULTS.two_sided,
         queries: int = _DEFAULTS.queries,
         **kwargs: Any,
     ) -> None:
-        sampler = ActivationSampler(rank, power_steps, embedding_mode)
+        sampler = ActivationSampler(rank, power_steps, embedding_mode, energy)
         super().__init__(
             params, sampler, update, lr=lr, eps=eps, two_sided=two_sided, queries=queries, **kwargs
         )
         self.rank = rank
         self.power_steps = power_steps
+
+    def ranks(self) -> dict[str, int]:
+        """With an adaptive rank: the rank each linear weight used in the last step."""
+        sampler = cast(ActivationSampler, self.sampler)
+        return {t.name: int(sampler.last_ranks[t.index]) for t in self.tensors
+                if t.index in sampler.last_ranks}  # fmt: skip
 
 
 def _build(model: nn.Module, options: AGZOOptions, context: BuildContext) -> AGZO:
@@ -72,6 +85,7 @@ def _build(model: nn.Module, options: AGZOOptions, context: BuildContext) -> AGZ
         rank=options.rank,
         power_steps=options.power_steps,
         embedding_mode=options.embedding_mode,  # type: ignore[arg-type]
+        energy=options.energy,
         **options.optimizer_kwargs(context),
     )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -78,6 +78,8 @@ class Subspace:
         self.basis = basis
         self._norms = norms
         self._image, self._iterate, self._reducer = image, iterate, reducer
+        # ‖H‖_F², the input's whole energy, when an adaptive rank needs it.
+        self.energy: torch.Tensor | None = None
 
     @property
     def norms(self) -> torch.Tensor:
@@ -175,7 +177,22 @@ def merge_bases(first: Subspace, second: Subspace) -> Subspace:
     stacked = torch.cat([q1 * s1, q2 * s2], dim=1)
     u, s, _ = torch.linalg.svd(stacked, full_matrices=False)
     rank = q1.shape[1]
-    return Subspace(u[:, :rank], s[:rank])
+    merged = Subspace(u[:, :rank], s[:rank])
+    if first.energy is not None and second.energy is not None:
+        merged.energy = first.energy + second.energy
+    return merged
+
+
+def adaptive_columns(subspace: Subspace, threshold: float) -> torch.Tensor:
+    """A 0/1 mask over the basis columns: the first k, k the smallest count whose squared
+    singular values reach `threshold` of the input's energy (all of them if none does).
+
+    Computed on the device, so choosing a rank per layer costs no host sync.
+    """
+    assert subspace.energy is not None
+    captured = subspace.norms.square().cumsum(0) / subspace.energy
+    reached_before = torch.cat([captured.new_zeros(1), captured[:-1]]) >= threshold
+    return (~reached_before).to(subspace.basis.dtype)
 
 
 @dataclass
@@ -184,6 +201,9 @@ class CapturedSubspaces:
 
     bases: dict[int, torch.Tensor]
     token_rows: dict[int, torch.Tensor]
+    # With an adaptive rank: each basis's number of columns in use (a device scalar; the
+    # columns beyond it are zero).
+    ranks: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class ActivationCapture:
@@ -205,6 +225,7 @@ class ActivationCapture:
         attention_mask: torch.Tensor | None = None,
         capture_tokens: bool = True,
         reducer: Reducer = LOCAL,
+        energy: float = 1.0,
     ) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
@@ -218,6 +239,9 @@ class ActivationCapture:
         self.explicit_mask = attention_mask
         self.capture_tokens = capture_tokens
         self.reducer = reducer
+        # Below 1, each basis keeps only the columns needed to capture this share of its
+        # input's energy (an adaptive rank up to `rank`); at 1 every column is kept.
+        self.energy = energy
         self._seen_mask: torch.Tensor | None = None
         self._summaries: dict[int, Subspace] = {}
         self._token_rows: dict[int, torch.Tensor] = {}
@@ -328,6 +352,8 @@ class ActivationCapture:
                     self._calls[tensor.index] = call + 1
                     start = self._start_for(tensor, h, call)
                     summary = power_iteration(h, self.rank, self.power_steps, start, self.reducer)
+                    if self.energy < 1.0:
+                        summary.energy = self.reducer.sum_(h.float().square().sum())
                     self._remember_input(x, summary)
                 previous = self._summaries.get(tensor.index)
                 if previous is not None:
@@ -375,7 +401,13 @@ class ActivationCapture:
 
     @property
     def result(self) -> CapturedSubspaces:
+        token_rows = {i: self.reducer.union_rows(r) for i, r in self._token_rows.items()}
+        if self.energy >= 1.0:
+            bases = {i: summary.basis for i, summary in self._summaries.items()}
+            return CapturedSubspaces(bases, token_rows)
+        masks = {i: adaptive_columns(s, self.energy) for i, s in self._summaries.items()}
         return CapturedSubspaces(
-            bases={i: summary.basis for i, summary in self._summaries.items()},
-            token_rows={i: self.reducer.union_rows(r) for i, r in self._token_rows.items()},
+            bases={i: s.basis * masks[i] for i, s in self._summaries.items()},
+            token_rows=token_rows,
+            ranks={i: mask.sum() for i, mask in masks.items()},
         )

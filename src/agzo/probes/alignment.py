@@ -50,6 +50,8 @@ class AlignmentResult:
     cosine: Summary
     per_tensor: dict[str, Summary] = field(default_factory=dict)
     captured_fraction: dict[str, float] = field(default_factory=dict)
+    # With an adaptive rank: the rank each linear weight used, in the first draw.
+    ranks: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -57,6 +59,7 @@ class AlignmentResult:
             "cosine": vars(self.cosine),
             "per_tensor": {k: vars(v) for k, v in self.per_tensor.items()},
             "captured_fraction": self.captured_fraction,
+            "ranks": self.ranks,
         }
 
 
@@ -93,12 +96,16 @@ def measure_alignment(
         cosines: list[float] = []
         local: dict[str, list[float]] = {}
         fractions: dict[str, float] = {}
+        ranks: dict[str, int] = {}
         for draw in range(draws):
             opt = factory(model, draw)
             step_seed = derive_seed(opt.seed, 0)
             observed = opt.observation(closure, step_seed, attention_mask)
             probe = opt.probe(ProbeContext(0, step_seed, opt.seed, observed=observed))
             captured = observed if isinstance(observed, CapturedSubspaces) else None
+            if draw == 0 and captured is not None:
+                names = {t.index: t.name for t in opt.tensors}
+                ranks = {names[i]: int(r) for i, r in captured.ranks.items()}
             dot, delta_sq, grad_sq = 0.0, 0.0, 0.0
             for tensor, direction in zip(probe.tensors, probe.directions):
                 g = grads[id(tensor.param)]
@@ -124,6 +131,7 @@ def measure_alignment(
                 Summary.of(cosines),
                 {k: Summary.of(v) for k, v in local.items()},
                 fractions,
+                ranks,
             )
         )
     return results

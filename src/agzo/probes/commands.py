@@ -170,6 +170,10 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     for r in results:
         ratio = f"{r.cosine.mean / mezo:>9.1f}" if mezo else ""
         print(f"{r.name:<22}{r.cosine.mean:>11.6f}{r.cosine.ci95:>11.6f}{ratio}")
+        if r.ranks:  # an adaptive rank: how many directions the layers kept
+            used = sorted(r.ranks.values())
+            print(f"{'':<22}ranks used: mean {sum(used) / len(used):.2f}, min {used[0]}, "
+                  f"max {used[-1]} over {len(used)} linear weights")  # fmt: skip
     print(f"wrote {out / 'alignment.json'} and {out / 'alignment.png'}")
     return 0
 

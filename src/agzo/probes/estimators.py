@@ -20,7 +20,7 @@ def estimator_variants(
     """name -> factory(model, seed); every variant trains the same selected tensors."""
 
     def agzo_variant(
-        rank: int, steps: int, embedding: EmbeddingMode = "activation"
+        rank: int, steps: int, embedding: EmbeddingMode = "activation", energy: float = 1.0
     ) -> OptimizerFactory:
         def make(model: nn.Module, seed: int) -> agzo.ZerothOrderOptimizer:
             return agzo.AGZO(
@@ -28,6 +28,7 @@ def estimator_variants(
                 rank=rank,
                 power_steps=steps,
                 embedding_mode=embedding,
+                energy=energy,
                 seed=seed,
                 include=include,
                 exclude=exclude,
@@ -50,6 +51,8 @@ def estimator_variants(
     variants["agzo-embed-gaussian"] = agzo_variant(1, 3, "gaussian")
     for rank in (4, 16):
         variants[f"agzo-r{rank}"] = agzo_variant(rank, 3)
+    # An adaptive rank up to 4: per layer, the fewest directions holding 90% of the energy.
+    variants["agzo-adaptive"] = agzo_variant(4, 3, energy=0.9)
     for steps in (1, 5, 20):
         variants[f"agzo-k{steps}"] = agzo_variant(1, steps)
     return variants
