@@ -393,3 +393,34 @@ def test_adaptive_rank_never_reached_is_fixed_rank_agzo() -> None:
     assert set(adaptive.ranks().values()) == {3}
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_preset_paper_is_agzo_as_the_paper_runs_it() -> None:
+    from agzo.train import TrainConfig
+
+    config = TrainConfig.from_dict({"optimizer": "agzo", "preset": "paper"})
+    resolved = config.resolved()
+    assert resolved["preset"] == "paper"
+    assert (resolved["embedding_mode"], resolved["rank"], resolved["power_steps"]) == (
+        "gaussian", 1, 3,
+    )  # fmt: skip
+    assert resolved["two_sided"] is False
+    # A flag still wins over the preset, and the resolved config says so.
+    assert TrainConfig.from_dict({"preset": "paper", "rank": 2}).resolved()["rank"] == 2
+    with pytest.raises(ValueError, match="not a preset of mezo"):
+        TrainConfig.from_dict({"optimizer": "mezo", "preset": "paper"})
+
+
+def test_select_dev_loss_keeps_the_lowest_dev_loss() -> None:
+    from agzo.train.loop import _better
+
+    first = {"accuracy": 0.6, "loss": 1.0}
+    more_accurate_higher_loss = {"accuracy": 0.7, "loss": 1.2}
+    lower_loss_less_accurate = {"accuracy": 0.55, "loss": 0.8}
+    assert _better(more_accurate_higher_loss, first, "accuracy", "dev-accuracy")
+    assert not _better(more_accurate_higher_loss, first, "accuracy", "dev-loss")
+    assert _better(lower_loss_less_accurate, first, "accuracy", "dev-loss")
+    assert not _better(lower_loss_less_accurate, first, "accuracy", "dev-accuracy")

@@ -305,6 +305,9 @@ def _methods(args: argparse.Namespace) -> int:
             flag = "--" + name.replace("_", "-")
             value = getattr(defaults, name)
             print(f"    {flag:<20} {value!s:<12} {method.option_help(name)}")
+        for preset, values in method.presets.items():
+            shown = ", ".join(f"{k}={v}" for k, v in values.items())
+            print(f"    --preset {preset:<11} {shown}")
     return 0
 
 

@@ -98,5 +98,16 @@ register(
         build_optimizer=_build,
         zeroth_order=True,
         optimizer_class=AGZO,
+        presets={
+            # The paper's own setting: a Gaussian over every tensor that no linear layer
+            # reads (the embedding table included), r = 1, K = 3, one-sided.
+            "paper": {
+                "embedding_mode": "gaussian",
+                "rank": 1,
+                "power_steps": 3,
+                "two_sided": False,
+                "energy": 1.0,
+            },  # fmt: skip
+        },
     )
 )

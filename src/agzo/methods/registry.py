@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,6 +52,8 @@ class Method:
     prepare: Callable[..., nn.Module] | None = None
     # False for methods that never write the base weights, which may then be quantized.
     trains_base_weights: bool = True
+    # Named sets of option values (`--preset NAME`), e.g. a paper's exact setting.
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def train_step(
         self,

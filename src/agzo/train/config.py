@@ -82,6 +82,11 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 LOSSES: tuple[str, ...] = ("lm", "candidates")
 # What a run's model/ directory holds (and what its final test evaluates).
 SAVE_CHOICES: tuple[str, ...] = ("best", "final", "none")
+# Which dev evaluation keeps its weights. dev-accuracy is the default: with the lm loss
+# (the default) dev loss also falls when probability mass merely moves onto the label
+# words, which does not change a single prediction. dev-loss is MeZO's protocol (the
+# Trainer's default), meaningful with --loss candidates.
+SELECT_CHOICES: tuple[str, ...] = ("dev-accuracy", "dev-loss")
 
 # Settings a resumed run may change: they decide how long to train and how often to
 # look, not what is trained. Anything else differing from the saved config is an error.
@@ -197,6 +202,13 @@ class TrainConfig:
     )
     keep_checkpoints: int = field(default=1, metadata=_help("how many checkpoints to keep"))
     tensorboard: bool = field(default=True, metadata=_help("TensorBoard logs when installed"))
+    select: str = field(
+        default="dev-accuracy",
+        metadata=_help("which dev evaluation's weights are kept: " + " | ".join(SELECT_CHOICES)),
+    )
+    preset: str | None = field(
+        default=None, metadata=_help("a method's named settings, e.g. agzo's paper (agzo methods)")
+    )
     save_mode: str = field(  # the flag is --save
         default="best",
         metadata=_help("what model/ holds: best (on dev) | final (last step) | none"),
@@ -240,8 +252,14 @@ class TrainConfig:
                 )
         options = {k: _coerce_option(method, k, v) for k, v in self.options.items()}
         object.__setattr__(self, "options", options)
+        if self.preset is not None and self.preset not in method.presets:
+            offered = ", ".join(method.presets) or "none"
+            raise ConfigError(
+                f"--preset {self.preset!r} is not a preset of {method.name} "
+                f"(its presets: {offered})"
+            )
         try:
-            method.make_options(lr=self.lr, **options)
+            self.method_options  # noqa: B018 (validates the combined settings)
         except ValueError as error:
             raise ConfigError(str(error)) from error
         if self.weight_decay < 0:
@@ -319,6 +337,10 @@ class TrainConfig:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.select not in SELECT_CHOICES:
+            raise ConfigError(
+                f"unknown --select {self.select!r}; choose one of {', '.join(SELECT_CHOICES)}"
+            )
         if self.save_mode not in SAVE_CHOICES:
             raise ConfigError(
                 f"unknown save mode {self.save_mode!r}; choose one of {', '.join(SAVE_CHOICES)}"
@@ -339,8 +361,10 @@ class TrainConfig:
 
     @property
     def method_options(self) -> Any:
-        """The method's options dataclass: the given settings, its defaults for the rest."""
-        return self.method.make_options(lr=self.lr, **self.options)
+        """The method's options dataclass: the given settings, then the preset's, then the
+        method's defaults."""
+        preset = self.method.presets[self.preset] if self.preset else {}
+        return self.method.make_options(**{**preset, "lr": self.lr, **self.options})
 
     @property
     def zeroth_order(self) -> bool:

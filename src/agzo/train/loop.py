@@ -198,7 +198,7 @@ class _Session:
         run, state = self.run, self.state
         progress = step == 0 and not self.say.quiet
         metrics = run.evaluate(run.dev, progress=progress, desc="zero-shot dev")
-        if _better(metrics, state.best_metrics, run.metric):
+        if _better(metrics, state.best_metrics, run.metric, self.config.select):
             with _ctrl_c_deferred("saving the best weights"):  # files and state agree
                 save_best(self.run_dir, self.named, step, metrics)  # on disk, not in memory
                 state.best_step, state.best_metrics = step, metrics
@@ -403,8 +403,11 @@ def _ctrl_c_deferred(doing: str) -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _better(new: dict[str, float], old: dict[str, float] | None, metric: str) -> bool:
-    """Higher metric wins; on a tie (frequent with a few hundred dev examples) lower loss."""
+def _better(new: dict[str, float], old: dict[str, float] | None, metric: str, select: str) -> bool:
+    """dev-accuracy: higher metric wins, on a tie (frequent with a few hundred dev
+    examples) lower loss; dev-loss (MeZO's protocol): lower loss wins."""
     if old is None:
         return True
+    if select == "dev-loss":
+        return new["loss"] < old["loss"]
     return (new[metric], -new["loss"]) > (old[metric], -old["loss"])
