@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -55,6 +55,10 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     align.add_argument("--include", action="append", default=None, help="parameter pattern")
     align.add_argument("--exclude", action="append", default=None, help="parameter pattern")
     align.add_argument("--seed", type=int, default=0, help="which training batch to probe")
+    align.add_argument(
+        "--lora-rank", type=int, default=None, help="probe peft LoRA adapters of this rank"
+    )
+    align.add_argument("--lora-targets", default=None, help="comma-separated module names")
     align.add_argument("--output", default="probe-alignment", help="output directory")
 
     memory = kinds.add_parser("memory", help="peak memory per method, one fresh process each")
@@ -129,6 +133,12 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     if unknown:
         raise ProbeError(f"unknown estimator(s) {unknown}; choose from {sorted(variants)}")
     model, tokenizer = load_model(args.model)
+    if args.lora_rank is not None:
+        # Only the adapters are trainable: every estimator is measured over them alone.
+        from agzo.adapters.lora import wrap_with_lora
+
+        targets = _csv(args.lora_targets) if args.lora_targets else None
+        model = cast(Any, wrap_with_lora(model, args.lora_rank, targets=targets))
     splits = load_splits(
         args.task, args.data_dir, seed=args.seed, n_train=args.batch_size, n_dev=1, n_test=1
     )
