@@ -180,7 +180,7 @@ CUSTOM = ["--task", "custom", "--template", "{text}", "--labels", "0=bad,1=good"
         (["--lr", "fast"], "lr must be a number, got 'fast'"),
         (["--steps", "0"], "steps must be >= 1"),
         (["--rnak", "2"], "unrecognized arguments: --rnak 2"),
-        (["--task", "custom"], "--task custom needs --data-file, --template, --labels"),
+        (["--task", "custom"], "--task custom needs --data-file"),
         (["--data-file", "x.jsonl"], "--data-file only apply to --task custom"),
         (
             [

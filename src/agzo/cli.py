@@ -44,7 +44,7 @@ from agzo.train.config import (
 from agzo.train.errors import TrainError
 from agzo.train.evaluate_saved import evaluate_splits, saved_settings
 from agzo.train.loop import TrainingInterrupted, train
-from agzo.train.report import write_predictions
+from agzo.train.report import write_split_outputs
 from agzo.train.rundir import RunFinished, check_writable_file
 
 __all__ = ["build_parser", "main"]
@@ -266,7 +266,16 @@ def _eval(args: argparse.Namespace) -> int:
             target = (
                 path if len(results) == 1 else path.with_name(f"{path.stem}-{split}{path.suffix}")
             )
-            write_predictions(target, result.examples, result.predictions, split)
+            write_split_outputs(
+                target.parent,
+                result.examples,
+                result.predictions,
+                result.report,
+                split,
+                predictions_file=target.name,
+                generations_file=target.name,
+                confusion_plot=None,
+            )
     if args.output:
         report: dict[str, Any] = {
             "model": config.model,

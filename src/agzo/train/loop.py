@@ -46,12 +46,14 @@ from agzo.train.evaluate_saved import evaluate_model
 from agzo.train.logging import MetricsLogger
 from agzo.train.objective import CandidateScorer, EncodedBatch, SequenceBatch
 from agzo.train.optimizers import build_optimizer, trainable_parameters
-from agzo.train.report import class_report, plot_confusion, write_predictions
+from agzo.train.report import split_report, write_split_outputs
 from agzo.train.rundir import (
     CONFUSION_PLOT,
+    GENERATIONS,
     MODEL_DIR,
     PREDICTIONS,
     SUMMARY,
+    ZERO_SHOT_GENERATIONS,
     RunDirPlan,
     plan_run_dir,
 )
@@ -212,7 +214,18 @@ class _Session:
         if "dev" not in state.zero_shot:
             state.zero_shot["dev"] = self.evaluate_dev(0)
         if "test" not in state.zero_shot:
-            test = run.evaluate(run.splits.test, progress=not self.say.quiet, desc="zero-shot test")
+            test, predictions = run.predict(
+                run.splits.test, progress=not self.say.quiet, desc="zero-shot test"
+            )
+            if run.generative:  # what the model said before training, beside what it says after
+                write_split_outputs(
+                    self.run_dir,
+                    run.splits.test,
+                    predictions,
+                    split_report(run.splits.test, predictions),
+                    "test",
+                    **_output_names(generations=ZERO_SHOT_GENERATIONS),
+                )
             state.zero_shot["test"] = test
             self.log.log("test", 0, phase="zero-shot", **test)
             self.say(describe("zero-shot", state.zero_shot, run.metric))
@@ -308,9 +321,8 @@ class _Session:
         test = run.splits.test
         final_test, predictions = run.predict(test, progress=not self.say.quiet, desc="final test")
         self.log.log("test", state.step, phase="final", best_step=best_step, **final_test)
-        report = class_report(test, predictions)
-        write_predictions(run_dir / PREDICTIONS, test, predictions, "test")
-        plot_confusion(report, run_dir / CONFUSION_PLOT, title="final test")
+        report = split_report(test, predictions)
+        write_split_outputs(run_dir, test, predictions, report, "test", **_output_names())
         self.say(report.table())
         if config.save_mode != "none":
             # The weights are already on disk (best/ or the last checkpoint): model/ links
@@ -401,6 +413,14 @@ def _ctrl_c_deferred(doing: str) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+def _output_names(generations: str = GENERATIONS) -> dict[str, str]:
+    return {
+        "predictions_file": PREDICTIONS,
+        "generations_file": generations,
+        "confusion_plot": CONFUSION_PLOT,
+    }
 
 
 def _better(new: dict[str, float], old: dict[str, float] | None, metric: str) -> bool:

@@ -28,11 +28,18 @@ from agzo.tasks import (
     load_splits,
     task_metric,
 )
+from agzo.tasks.base import GenerativeExample
 from agzo.tasks.registry import Task
 from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import CUSTOM_TASK, TrainConfig
 from agzo.train.errors import TrainError
 from agzo.train.evaluate import Predictions, evaluate, metrics_of, predict
+from agzo.train.evaluate_generation import (
+    Generations,
+    PromptEncoder,
+    generate_answers,
+    generation_metrics,
+)
 from agzo.train.objective import LOSS_DESCRIPTIONS, CandidateScorer, LossKind
 
 __all__ = ["Printer", "RunData", "load_run", "make_task", "resolve_device", "user_errors"]
@@ -71,15 +78,40 @@ class RunData:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     scorer: CandidateScorer
+    encoder: PromptEncoder | None = None  # generative tasks: prompts for decoding
 
     @property
     def metric(self) -> str:
         """The task's headline metric, which picks the best weights."""
         return self.task.metric
 
+    @property
+    def generative(self) -> bool:
+        """Whether answers are generated (F1 / exact match) rather than chosen."""
+        return self.encoder is not None
+
+    def generate(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+    ) -> tuple[dict[str, float], Generations]:
+        """F1 / exact match / loss of generated answers, and the generations."""
+        assert self.encoder is not None, "generate() is for generative tasks"
+        generative = [e for e in examples if isinstance(e, GenerativeExample)]
+        generations = generate_answers(
+            self.model,
+            self.scorer,
+            self.encoder,
+            generative,
+            self.config.eval_batch_size,
+            progress=progress,
+            desc=desc,
+        )
+        return generation_metrics(generative, generations), generations
+
     def evaluate(
         self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
     ) -> dict[str, float]:
+        if self.generative:
+            return self.generate(examples, progress, desc)[0]
         return evaluate(
             self.model,
             self.scorer,
@@ -92,8 +124,10 @@ class RunData:
 
     def predict(
         self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
-    ) -> tuple[dict[str, float], Predictions]:
+    ) -> tuple[dict[str, float], Predictions | Generations]:
         """The task's metrics and every prediction (for a report and the predictions file)."""
+        if self.generative:
+            return self.generate(examples, progress, desc)
         batch_size = self.config.eval_batch_size
         predictions = predict(
             self.model, self.scorer, examples, batch_size, progress=progress, desc=desc
@@ -135,6 +169,12 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         splits = load_splits(
             task, config.data_dir, config.seed, config.n_train, config.n_dev, config.n_test
         )
+    generative = is_generative(splits)
+    if generative and config.loss != "lm":
+        raise TrainError(
+            f"--loss {config.loss} compares candidate answers; a generative task has one "
+            "answer to learn, trained with the default --loss lm"
+        )
     if len(splits.test) < FEW_TEST_EXAMPLES:
         splits.warnings.append(few_examples_warning(len(splits.test)))
     for note in splits.notes:
@@ -146,16 +186,35 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         model, tokenizer = load_model(config.model, config.dtype, device)
     loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
     scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
+    examples = [*splits.train, *splits.dev, *splits.test]
+    encoder = PromptEncoder(scorer, config.max_new_tokens) if generative else None
     with user_errors("tokenizing the examples"):
         # Encoding everything now catches candidates that encode to no tokens or prompts
         # that do not fit max_length before any step runs (and caches the encodings).
-        encoded = scorer.encode([*splits.train, *splits.dev, *splits.test])
-    if not all(e.single_token for e in encoded):
-        say(f"note: {multi_token_note([*splits.train, *splits.dev, *splits.test], scorer)}")
-    why = "the default" if config.loss == "lm" else "chosen with --loss"
-    say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
+        encoded = scorer.encode(examples)
+        if encoder is not None:
+            encoder.encode([e for e in examples if isinstance(e, GenerativeExample)])
+    if generative:
+        say(f"loss: {GENERATIVE_LOSS}")
+    else:
+        if not all(e.single_token for e in encoded):
+            say(f"note: {multi_token_note(examples, scorer)}")
+        why = "the default" if config.loss == "lm" else "chosen with --loss"
+        say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
     dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
-    return RunData(config, task, splits, dev, model, tokenizer, scorer)
+    return RunData(config, task, splits, dev, model, tokenizer, scorer, encoder)
+
+
+GENERATIVE_LOSS = (
+    "cross-entropy of the first gold answer's tokens and the stop marker after it, given "
+    "the prompt; evaluation generates greedily and scores F1 / exact match"
+)
+
+
+def is_generative(splits: TaskSplits) -> bool:
+    """Whether a task's examples are answered by generation (all of them, or none)."""
+    kinds = {isinstance(e, GenerativeExample) for e in (*splits.train, *splits.dev, *splits.test)}
+    return kinds == {True}
 
 
 def multi_token_note(examples: Sequence[Example], scorer: CandidateScorer) -> str:
