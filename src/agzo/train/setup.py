@@ -7,6 +7,7 @@ Bad input becomes a TrainError naming what failed; the CLI prints it as one line
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import sys
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,8 @@ from agzo.tasks import (
     task_metric,
 )
 from agzo.tasks.base import GenerativeExample
+from agzo.tasks.chat import apply_chat_template
+from agzo.tasks.custom_generative import custom_generative_task
 from agzo.tasks.registry import Task
 from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import CUSTOM_TASK, TrainConfig
@@ -137,6 +140,10 @@ class RunData:
 
 
 def make_task(config: TrainConfig) -> Task:
+    if config.task == CUSTOM_TASK and config.labels is None:
+        return custom_generative_task(
+            config.data_file or "", config.template, config.answer_field, columns=config.columns
+        )
     if config.task == CUSTOM_TASK:
         return custom_task_from_spec(
             config.data_file or "",
@@ -184,6 +191,10 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     say(f"loading model {config.model} ({config.dtype}, {device})")
     with user_errors(f"model {config.model!r}"), _progress_bars(enabled=not say.quiet):
         model, tokenizer = load_model(config.model, config.dtype, device)
+    if config.chat_template or _has_messages(splits):
+        with user_errors(f"chat template of {config.model!r}"):
+            splits = _rendered(splits, tokenizer)
+        say("prompts rendered with the tokenizer's chat template")
     loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
     scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
     examples = [*splits.train, *splits.dev, *splits.test]
@@ -203,6 +214,20 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
     dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
     return RunData(config, task, splits, dev, model, tokenizer, scorer, encoder)
+
+
+def _has_messages(splits: TaskSplits) -> bool:
+    return any(isinstance(e, GenerativeExample) and e.messages for e in splits.train)
+
+
+def _rendered(splits: TaskSplits, tokenizer: PreTrainedTokenizerBase) -> TaskSplits:
+    """The splits with every prompt in the tokenizer's chat template."""
+    return dataclasses.replace(
+        splits,
+        train=apply_chat_template(splits.train, tokenizer),
+        dev=apply_chat_template(splits.dev, tokenizer),
+        test=apply_chat_template(splits.test, tokenizer),
+    )
 
 
 GENERATIVE_LOSS = (
