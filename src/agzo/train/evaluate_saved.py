@@ -64,7 +64,8 @@ def evaluate_splits(
         load_weights(trainable_parameters(run.model, config), weights)
     results = {}
     for split in splits:
-        examples = list(getattr(run.splits, split))
+        # With --demonstrations, the in-context baseline: each prompt after k solved examples.
+        examples = list(run.icl.get(split) or getattr(run.splits, split))
         metrics, predictions = run.predict(examples, progress=not quiet, desc=split)
         report = split_report(examples, predictions)
         results[split] = SplitResult(examples, metrics, predictions, report)

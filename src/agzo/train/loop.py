@@ -228,6 +228,12 @@ class _Session:
                 )
             state.zero_shot["test"] = test
             self.log.log("test", 0, phase="zero-shot", **test)
+        if "icl_test" not in state.zero_shot and run.icl:
+            # The in-context baseline (--demonstrations), reported beside zero-shot.
+            icl = run.evaluate(run.icl["test"], progress=not self.say.quiet, desc="in-context test")
+            state.zero_shot["icl_test"] = icl
+            self.log.log("test", 0, phase="in-context", **icl)
+        if state.step == 0:
             self.say(describe("zero-shot", state.zero_shot, run.metric))
         if state.step > 0 and self.eval_due(state.step) and state.last_eval_step < state.step:
             self.evaluate_dev(state.step)  # the run was interrupted during this evaluation

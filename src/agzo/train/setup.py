@@ -32,6 +32,7 @@ from agzo.tasks import (
 from agzo.tasks.base import GenerativeExample
 from agzo.tasks.chat import apply_chat_template
 from agzo.tasks.custom_generative import custom_generative_task
+from agzo.tasks.demonstrations import with_demonstrations
 from agzo.tasks.registry import Task
 from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import CUSTOM_TASK, TrainConfig
@@ -82,6 +83,8 @@ class RunData:
     tokenizer: PreTrainedTokenizerBase
     scorer: CandidateScorer
     encoder: PromptEncoder | None = None  # generative tasks: prompts for decoding
+    # The in-context baseline (--demonstrations k): dev and test with k demonstrations each.
+    icl: dict[str, list[Example]] = dataclasses.field(default_factory=dict)
 
     @property
     def metric(self) -> str:
@@ -182,6 +185,15 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
             f"--loss {config.loss} compares candidate answers; a generative task has one "
             "answer to learn, trained with the default --loss lm"
         )
+    icl: dict[str, list[Example]] = {}
+    if config.demonstrations:
+        with user_errors("--demonstrations"):
+            icl = {
+                split: with_demonstrations(
+                    getattr(splits, split), splits.train, config.demonstrations, config.seed
+                )
+                for split in ("dev", "test")
+            }
     if len(splits.test) < FEW_TEST_EXAMPLES:
         splits.warnings.append(few_examples_warning(len(splits.test)))
     for note in splits.notes:
@@ -194,10 +206,11 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     if config.chat_template or _has_messages(splits):
         with user_errors(f"chat template of {config.model!r}"):
             splits = _rendered(splits, tokenizer)
+            icl = {split: apply_chat_template(e, tokenizer) for split, e in icl.items()}
         say("prompts rendered with the tokenizer's chat template")
     loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
     scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
-    examples = [*splits.train, *splits.dev, *splits.test]
+    examples = [*splits.train, *splits.dev, *splits.test, *(e for x in icl.values() for e in x)]
     encoder = PromptEncoder(scorer, config.max_new_tokens) if generative else None
     with user_errors("tokenizing the examples"):
         # Encoding everything now catches candidates that encode to no tokens or prompts
@@ -213,7 +226,7 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         why = "the default" if config.loss == "lm" else "chosen with --loss"
         say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
     dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
-    return RunData(config, task, splits, dev, model, tokenizer, scorer, encoder)
+    return RunData(config, task, splits, dev, model, tokenizer, scorer, encoder, icl)
 
 
 def _has_messages(splits: TaskSplits) -> bool:
