@@ -44,6 +44,7 @@ from agzo.train.config import TrainConfig
 from agzo.train.errors import TrainError
 from agzo.train.evaluate_saved import evaluate_model
 from agzo.train.logging import MetricsLogger
+from agzo.train.metric_objective import metric_objective
 from agzo.train.objective import CandidateScorer, EncodedBatch, SequenceBatch
 from agzo.train.optimizers import build_optimizer, trainable_parameters
 from agzo.train.report import split_report, write_split_outputs
@@ -255,7 +256,11 @@ class _Session:
         """One optimizer step, then the evaluation and checkpoint due at it."""
         config, run, state = self.config, self.run, self.state
         examples = sample_minibatch(run.splits.train, config.seed, step, config.batch_size)
-        batch = training_batch(run.scorer, examples)
+        if config.objective == "metric":  # minus accuracy or F1: zeroth-order only
+            loss_fn, mask = metric_objective(run, examples)
+        else:
+            batch = training_batch(run.scorer, examples)
+            loss_fn, mask = functools.partial(run.scorer.loss, batch), batch.attention_mask
         started = time.perf_counter()
         # The step is logged inside the deferred block: when Ctrl-C arrives during it, the
         # checkpoint saved next holds this step, and so must metrics.jsonl, CSV and plot.
@@ -263,8 +268,8 @@ class _Session:
             loss = config.method.train_step(
                 self.optimizer,
                 run.model,
-                functools.partial(run.scorer.loss, batch),
-                batch.attention_mask,
+                loss_fn,
+                mask,
             )
             state.step = step
             elapsed = time.perf_counter() - started
