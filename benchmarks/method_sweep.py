@@ -170,6 +170,10 @@ def first_step_reaching(result: RunResult, target_loss: float) -> int | None:
     return None
 
 
+def _demonstrations(result: RunResult) -> int:
+    return int(result.summary.get("config", {}).get("demonstrations", 0))
+
+
 def report(
     grid: dict[str, list[float]],
     seeds: list[int],
@@ -183,7 +187,13 @@ def report(
     lines = [
         f"task {args.task}, model {args.model}, {args.steps} steps, seeds {seeds}",
         f"zero-shot (seed {seeds[0]} splits): dev {metric} "
-        f"{zero_shot['dev'][metric]:.3f}, test {metric} {zero_shot['test'][metric]:.3f}",
+        f"{zero_shot['dev'][metric]:.3f}, test {metric} {zero_shot['test'][metric]:.3f}"
+        + (
+            f"; in-context ({_demonstrations(any_result)} demonstrations) test {metric} "
+            f"{zero_shot['icl_test'][metric]:.3f}"
+            if "icl_test" in zero_shot
+            else ""
+        ),
         "",
         f"Learning-rate search, seed {seeds[0]} (best-on-dev weights):",
         "",

@@ -118,7 +118,8 @@ def test_custom_task_and_eval_of_run_checkpoint_and_model(
 def test_tasks_lists_every_task(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tasks"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == [*available_tasks(), "custom"]
+    assert [line.split()[0] for line in lines] == [*available_tasks(), "custom", "custom"]
+    assert "--answer-field" in lines[-1]  # the generative custom task is listed too
     assert any(line.startswith(DEFAULT_TASK) and "(default)" in line for line in lines)
 
 
@@ -180,7 +181,7 @@ CUSTOM = ["--task", "custom", "--template", "{text}", "--labels", "0=bad,1=good"
         (["--lr", "fast"], "lr must be a number, got 'fast'"),
         (["--steps", "0"], "steps must be >= 1"),
         (["--rnak", "2"], "unrecognized arguments: --rnak 2"),
-        (["--task", "custom"], "--task custom needs --data-file, --template, --labels"),
+        (["--task", "custom"], "--task custom needs --data-file"),
         (["--data-file", "x.jsonl"], "--data-file only apply to --task custom"),
         (
             [

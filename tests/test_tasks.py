@@ -93,7 +93,7 @@ def file_prompts(name: str, *files: str) -> set[str]:
 
 
 def test_registry_lists_all_tasks_and_rejects_unknown_names() -> None:
-    assert available_tasks() == BENCHMARKS + GENERATED
+    assert available_tasks() == BENCHMARKS + ["squad", "drop"] + GENERATED
     assert get_task("RTE").name == "rte"
     with pytest.raises(ValueError, match=r"unknown task 'nope'; valid names: sst2, .*multirc"):
         get_task("nope")

@@ -6,7 +6,10 @@
     agzo train --resume --output-dir runs/mezo --steps 1000
     agzo train --task custom --data-file reviews.jsonl \\
         --template "Review: {text}\\nSentiment:" --labels "0=negative,1=positive"
+    agzo train --task squad --data-dir ../shared/data/squad   # generated answers, F1 / EM
+    agzo train --task custom --data-file chats.jsonl          # {"messages": [...]} per line
     agzo eval --model runs/mezo                  # a run dir, its model/, a checkpoint, or a spec
+    agzo eval --task squad --data-dir ../shared/data/squad --demonstrations 1   # ICL
     agzo tasks
     agzo methods                                 # every method, its settings and defaults
 
@@ -44,7 +47,7 @@ from agzo.train.config import (
 from agzo.train.errors import TrainError
 from agzo.train.evaluate_saved import evaluate_splits, saved_settings
 from agzo.train.loop import TrainingInterrupted, train
-from agzo.train.report import write_predictions
+from agzo.train.report import write_split_outputs
 from agzo.train.rundir import RunFinished, check_writable_file
 
 __all__ = ["build_parser", "main"]
@@ -187,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
             "labels",
             "label_field",
             "columns",
+            "answer_field",
+            "chat_template",
+            "demonstrations",
+            "max_new_tokens",
             "n_train",
             "n_dev",
             "n_test",
@@ -237,7 +244,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-_CUSTOM_FIELDS = ("data_dir", "data_file", "template", "labels", "label_field", "columns")
+_CUSTOM_FIELDS = (
+    "data_dir",
+    "data_file",
+    "template",
+    "labels",
+    "label_field",
+    "columns",
+    "answer_field",
+)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -266,7 +281,16 @@ def _eval(args: argparse.Namespace) -> int:
             target = (
                 path if len(results) == 1 else path.with_name(f"{path.stem}-{split}{path.suffix}")
             )
-            write_predictions(target, result.examples, result.predictions, split)
+            write_split_outputs(
+                target.parent,
+                result.examples,
+                result.predictions,
+                result.report,
+                split,
+                predictions_file=target.name,
+                generations_file=target.name,
+                confusion_plot=None,
+            )
     if args.output:
         report: dict[str, Any] = {
             "model": config.model,
@@ -292,6 +316,10 @@ def _tasks(args: argparse.Namespace) -> int:
     print(
         f"{CUSTOM_TASK:<{width}}  {'accuracy':<8}  your data: --task custom --data-file FILE "
         "--template TEXT --labels '0=negative,1=positive'"
+    )
+    print(
+        f"{CUSTOM_TASK:<{width}}  {'f1':<8}  your answers: --task custom --data-file FILE "
+        "--template TEXT --answer-field NAME, or chats (a 'messages' list) with --data-file alone"
     )
     return 0
 

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from agzo.tasks.benchmarks import BENCHMARK_TASKS
 from agzo.tasks.generated import GENERATED_TASKS
+from agzo.tasks.reading import READING_TASKS
 from agzo.tasks.sampling import SplitSizes, TaskSplits, check_sizes
 
 
@@ -30,7 +31,7 @@ class Task(Protocol):
     def load_splits(self, data_dir: Path | None, seed: int, sizes: SplitSizes) -> TaskSplits: ...
 
 
-_BUILTIN: tuple[Task, ...] = (*BENCHMARK_TASKS, *GENERATED_TASKS)
+_BUILTIN: tuple[Task, ...] = (*BENCHMARK_TASKS, *READING_TASKS, *GENERATED_TASKS)
 _REGISTRY: dict[str, Task] = {task.name: task for task in _BUILTIN}
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from agzo.tasks.base import Example
+from agzo.tasks.base import Example, GenerativeExample
 from agzo.tasks.errors import TaskDataError
 
 # Examples that must stay together in one split.
@@ -75,7 +75,11 @@ def check_sizes(sizes: SplitSizes) -> None:
 
 def example_key(example: Example) -> tuple[str, tuple[str, ...]]:
     """What makes two examples the same: identical prompt and candidates (COPA shares
-    prompts between different choice pairs, so the prompt alone is not enough)."""
+    prompts between different choice pairs, so the prompt alone is not enough). A
+    generative example is its prompt alone: one question asked twice is one question,
+    whichever answer each copy gives."""
+    if isinstance(example, GenerativeExample):
+        return (example.prompt, ())
     return (example.prompt, example.candidates)
 
 

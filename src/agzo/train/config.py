@@ -80,6 +80,7 @@ DEFAULT_CHECKPOINT_EVERY = 50
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 LOSSES: tuple[str, ...] = ("lm", "candidates")
+OBJECTIVES: tuple[str, ...] = ("loss", "metric")
 # What a run's model/ directory holds (and what its final test evaluates).
 SAVE_CHOICES: tuple[str, ...] = ("best", "final", "none")
 # Which dev evaluation keeps its weights. dev-accuracy is the default: with the lm loss
@@ -102,6 +103,8 @@ RESUMABLE_CHANGES = frozenset(
         "save_mode",
         "output_dir",
         "device",
+        "max_new_tokens",
+        "demonstrations",
     }
 )
 
@@ -141,6 +144,13 @@ class TrainConfig:
     columns: str | None = field(
         default=None, metadata=_help("custom task: column names of a CSV/TSV without header")
     )
+    answer_field: str | None = field(
+        default=None,
+        metadata=_help("custom generative task: field holding the answer (text or list)"),
+    )
+    chat_template: bool = field(
+        default=False, metadata=_help("render prompts with the tokenizer's chat template")
+    )
     # How to train.
     optimizer: str = field(
         default="agzo", metadata=_help("method (see `agzo methods`): " + " | ".join(method_names()))
@@ -175,6 +185,10 @@ class TrainConfig:
         default=None, metadata=_help("never train parameters matching (glob/substring)")
     )
     loss: str = field(default="lm", metadata=_help("lm | candidates (README: the two losses)"))
+    objective: str = field(
+        default="loss",
+        metadata=_help("loss | metric: minimize the loss, or minus the task metric (ZO only)"),
+    )
     steps: int = field(default=DEFAULT_STEPS, metadata=_help("optimizer steps"))
     batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("examples per step"))
     seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
@@ -191,6 +205,13 @@ class TrainConfig:
     )
     eval_batch_size: int = field(default=32, metadata=_help("examples per eval forward"))
     max_length: int | None = field(default=None, metadata=_help("max tokens per sequence"))
+    max_new_tokens: int = field(
+        default=50, metadata=_help("generative tasks: longest generated answer, in tokens")
+    )
+    demonstrations: int = field(
+        default=0,
+        metadata=_help("in-context baseline: k training examples prepended to each prompt"),
+    )
     # Where and how it runs.
     output_dir: str | None = field(
         default=None, metadata=_help("default: runs/<task>-<optimizer>-<timestamp>")
@@ -266,7 +287,14 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def _check_task(self) -> None:
-        custom_fields = ("data_file", "template", "labels", "label_field", "columns")
+        custom_fields = (
+            "data_file",
+            "template",
+            "labels",
+            "label_field",
+            "columns",
+            "answer_field",
+        )
         if self.task != CUSTOM_TASK:
             if self.task not in available_tasks():
                 close = difflib.get_close_matches(self.task, available_tasks(), n=1)
@@ -283,18 +311,33 @@ class TrainConfig:
                     f"(the task is {self.task!r})"
                 )
             return
-        missing = [_flag(name) for name in custom_fields[:3] if getattr(self, name) is None]
-        if missing:
+        if self.data_file is None:
             raise ConfigError(
-                f"--task {CUSTOM_TASK} needs {', '.join(missing)} "
-                "(e.g. --data-file reviews.jsonl --template 'Review: {text}\\nSentiment:' "
-                "--labels '0=negative,1=positive')"
+                f"--task {CUSTOM_TASK} needs --data-file (e.g. --data-file reviews.jsonl "
+                "--template 'Review: {text}\\nSentiment:' --labels '0=negative,1=positive')"
             )
         if self.data_dir is not None:
             raise ConfigError("--data-dir is for benchmark tasks; a custom task uses --data-file")
+        if self.labels is not None and self.answer_field is not None:
+            raise ConfigError(
+                "--labels (classification) and --answer-field (generation) exclude each other"
+            )
+        if (self.labels is not None or self.answer_field is not None) and self.template is None:
+            kind = "--labels" if self.labels is not None else "--answer-field"
+            raise ConfigError(f"--task {CUSTOM_TASK} with {kind} needs --template")
+        if self.labels is None and self.answer_field is None:
+            if self.template is not None:
+                raise ConfigError(
+                    "--template needs --labels (classification) or --answer-field (generation); "
+                    "chat data (a 'messages' list per record) needs neither"
+                )
+            if self.label_field is not None or self.columns is not None:
+                raise ConfigError("--label-field and --columns do not apply to chat data")
         try:
-            template_fields(self.template or "")
-            parse_label_spec(self.labels or "")
+            if self.template is not None:
+                template_fields(self.template)
+            if self.labels is not None:
+                parse_label_spec(self.labels)
             if self.columns is not None:
                 parse_columns(self.columns)
         except ValueError as error:
@@ -347,6 +390,19 @@ class TrainConfig:
             )
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(
+                f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}"
+            )
+        if self.objective == "metric" and not self.zeroth_order:
+            raise ConfigError(
+                f"--objective metric needs a zeroth-order optimizer: the metric has no "
+                f"gradient for {self.optimizer!r} to follow"
+            )
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.demonstrations < 0:
+            raise ConfigError(f"demonstrations must be >= 0, got {self.demonstrations}")
         if self.device != "auto":
             try:
                 torch.device(self.device)

@@ -13,8 +13,9 @@ from agzo.tasks.base import Example
 from agzo.train.checkpoint import CONFIG, is_checkpoint_dir, load_checkpoint, load_weights
 from agzo.train.config import TrainConfig
 from agzo.train.evaluate import Predictions
+from agzo.train.evaluate_generation import Generations
 from agzo.train.optimizers import trainable_parameters
-from agzo.train.report import ClassReport, class_report
+from agzo.train.report import SplitReport, split_report
 from agzo.train.rundir import MODEL_DIR
 from agzo.train.setup import Printer, load_run
 
@@ -42,12 +43,13 @@ def saved_settings(spec: str) -> tuple[dict[str, Any], Path | None]:
 
 @dataclass(frozen=True)
 class SplitResult:
-    """One evaluated split: the task's metrics, every prediction, the per-class report."""
+    """One evaluated split: the task's metrics, every prediction (or generation), and the
+    report (per class, or of the generations)."""
 
     examples: list[Example]
     metrics: dict[str, float]
-    predictions: Predictions
-    report: ClassReport
+    predictions: Predictions | Generations
+    report: SplitReport
 
 
 def evaluate_splits(
@@ -64,9 +66,10 @@ def evaluate_splits(
         load_weights(trainable_parameters(run.model, config), weights)
     results = {}
     for split in splits:
-        examples = list(getattr(run.splits, split))
+        # With --demonstrations, the in-context baseline: each prompt after k solved examples.
+        examples = list(run.icl.get(split) or getattr(run.splits, split))
         metrics, predictions = run.predict(examples, progress=not quiet, desc=split)
-        report = class_report(examples, predictions)
+        report = split_report(examples, predictions)
         results[split] = SplitResult(examples, metrics, predictions, report)
     return results
 

@@ -44,14 +44,17 @@ from agzo.train.config import TrainConfig
 from agzo.train.errors import TrainError
 from agzo.train.evaluate_saved import evaluate_model
 from agzo.train.logging import MetricsLogger
+from agzo.train.metric_objective import metric_objective
 from agzo.train.objective import CandidateScorer, EncodedBatch, SequenceBatch
 from agzo.train.optimizers import build_optimizer, trainable_parameters
-from agzo.train.report import class_report, plot_confusion, write_predictions
+from agzo.train.report import split_report, write_split_outputs
 from agzo.train.rundir import (
     CONFUSION_PLOT,
+    GENERATIONS,
     MODEL_DIR,
     PREDICTIONS,
     SUMMARY,
+    ZERO_SHOT_GENERATIONS,
     RunDirPlan,
     plan_run_dir,
 )
@@ -212,9 +215,26 @@ class _Session:
         if "dev" not in state.zero_shot:
             state.zero_shot["dev"] = self.evaluate_dev(0)
         if "test" not in state.zero_shot:
-            test = run.evaluate(run.splits.test, progress=not self.say.quiet, desc="zero-shot test")
+            test, predictions = run.predict(
+                run.splits.test, progress=not self.say.quiet, desc="zero-shot test"
+            )
+            if run.generative:  # what the model said before training, beside what it says after
+                write_split_outputs(
+                    self.run_dir,
+                    run.splits.test,
+                    predictions,
+                    split_report(run.splits.test, predictions),
+                    "test",
+                    **_output_names(generations=ZERO_SHOT_GENERATIONS),
+                )
             state.zero_shot["test"] = test
             self.log.log("test", 0, phase="zero-shot", **test)
+        if "icl_test" not in state.zero_shot and run.icl:
+            # The in-context baseline (--demonstrations), reported beside zero-shot.
+            icl = run.evaluate(run.icl["test"], progress=not self.say.quiet, desc="in-context test")
+            state.zero_shot["icl_test"] = icl
+            self.log.log("test", 0, phase="in-context", **icl)
+        if state.step == 0:
             self.say(describe("zero-shot", state.zero_shot, run.metric))
         if state.step > 0 and self.eval_due(state.step) and state.last_eval_step < state.step:
             self.evaluate_dev(state.step)  # the run was interrupted during this evaluation
@@ -236,7 +256,11 @@ class _Session:
         """One optimizer step, then the evaluation and checkpoint due at it."""
         config, run, state = self.config, self.run, self.state
         examples = sample_minibatch(run.splits.train, config.seed, step, config.batch_size)
-        batch = training_batch(run.scorer, examples)
+        if config.objective == "metric":  # minus accuracy or F1: zeroth-order only
+            loss_fn, mask = metric_objective(run, examples)
+        else:
+            batch = training_batch(run.scorer, examples)
+            loss_fn, mask = functools.partial(run.scorer.loss, batch), batch.attention_mask
         started = time.perf_counter()
         # The step is logged inside the deferred block: when Ctrl-C arrives during it, the
         # checkpoint saved next holds this step, and so must metrics.jsonl, CSV and plot.
@@ -244,8 +268,8 @@ class _Session:
             loss = config.method.train_step(
                 self.optimizer,
                 run.model,
-                functools.partial(run.scorer.loss, batch),
-                batch.attention_mask,
+                loss_fn,
+                mask,
             )
             state.step = step
             elapsed = time.perf_counter() - started
@@ -308,9 +332,8 @@ class _Session:
         test = run.splits.test
         final_test, predictions = run.predict(test, progress=not self.say.quiet, desc="final test")
         self.log.log("test", state.step, phase="final", best_step=best_step, **final_test)
-        report = class_report(test, predictions)
-        write_predictions(run_dir / PREDICTIONS, test, predictions, "test")
-        plot_confusion(report, run_dir / CONFUSION_PLOT, title="final test")
+        report = split_report(test, predictions)
+        write_split_outputs(run_dir, test, predictions, report, "test", **_output_names())
         self.say(report.table())
         if config.save_mode != "none":
             # The weights are already on disk (best/ or the last checkpoint): model/ links
@@ -401,6 +424,14 @@ def _ctrl_c_deferred(doing: str) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if received:
         raise KeyboardInterrupt
+
+
+def _output_names(generations: str = GENERATIONS) -> dict[str, str]:
+    return {
+        "predictions_file": PREDICTIONS,
+        "generations_file": generations,
+        "confusion_plot": CONFUSION_PLOT,
+    }
 
 
 def _better(new: dict[str, float], old: dict[str, float] | None, metric: str, select: str) -> bool:

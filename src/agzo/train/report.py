@@ -9,12 +9,25 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-from agzo.tasks.base import Example
+from agzo.tasks.base import Example, GenerativeExample
 from agzo.train.evaluate import Predictions
+from agzo.train.evaluate_generation import Generations
+from agzo.train.generation_report import GenerationReport, generation_report, write_generations
 
-__all__ = ["ClassReport", "class_report", "plot_confusion", "write_predictions"]
+__all__ = [
+    "ClassReport",
+    "SplitReport",
+    "class_report",
+    "plot_confusion",
+    "split_report",
+    "write_predictions",
+    "write_split_outputs",
+]
+
+# The report of one evaluated split: per class for classification, generations otherwise.
+SplitReport = Union["ClassReport", GenerationReport]
 
 
 @dataclass(frozen=True)
@@ -149,3 +162,42 @@ def plot_confusion(report: ClassReport, path: Path, title: str = "test") -> None
     staging = path.with_name(f".{path.name}.tmp")
     figure.savefig(staging, format="png", dpi=100)
     os.replace(staging, path)
+
+
+def split_report(
+    examples: Sequence[Example], predictions: Predictions | Generations
+) -> SplitReport:
+    """The report that fits the task: generations scored by F1, or classes and confusion."""
+    if isinstance(predictions, Generations):
+        return generation_report(_generative(examples), predictions)
+    return class_report(examples, predictions)
+
+
+def write_split_outputs(
+    folder: Path,
+    examples: Sequence[Example],
+    predictions: Predictions | Generations,
+    report: SplitReport,
+    split: str,
+    *,
+    predictions_file: str,
+    generations_file: str,
+    confusion_plot: str | None,
+) -> Path:
+    """Write what a person reads after an evaluation into `folder`: every generation, or
+    every prediction and the confusion plot (unless None). Returns the predictions' file."""
+    if isinstance(predictions, Generations):
+        path = folder / generations_file
+        write_generations(path, _generative(examples), predictions, split)
+        return path
+    assert isinstance(report, ClassReport)
+    write_predictions(folder / predictions_file, examples, predictions, split)
+    if confusion_plot is not None:
+        plot_confusion(report, folder / confusion_plot, title=f"final {split}")
+    return folder / predictions_file
+
+
+def _generative(examples: Sequence[Example]) -> list[GenerativeExample]:
+    if not all(isinstance(e, GenerativeExample) for e in examples):
+        raise TypeError("generations were given for classification examples")
+    return [e for e in examples if isinstance(e, GenerativeExample)]

@@ -20,10 +20,12 @@ from agzo.train.logging import METRICS_CSV, METRICS_JSONL, PLOT, TENSORBOARD_DIR
 
 __all__ = [
     "CONFUSION_PLOT",
+    "GENERATIONS",
     "MODEL_DIR",
     "PREDICTIONS",
     "RUN_OUTPUTS",
     "SUMMARY",
+    "ZERO_SHOT_GENERATIONS",
     "RunDirPlan",
     "RunFinished",
     "check_writable_dir",
@@ -35,6 +37,8 @@ __all__ = [
 MODEL_DIR = "model"
 SUMMARY = "summary.json"
 PREDICTIONS = "predictions.jsonl"  # the final test's predictions, one line per example
+GENERATIONS = "generations.jsonl"  # generative tasks: the final test's answers
+ZERO_SHOT_GENERATIONS = "generations-zero-shot.jsonl"  # ... and those before training
 CONFUSION_PLOT = "confusion.png"
 # Everything a run writes: what --overwrite may delete, and nothing else.
 RUN_OUTPUTS = (
@@ -44,6 +48,8 @@ RUN_OUTPUTS = (
     PLOT,
     SUMMARY,
     PREDICTIONS,
+    GENERATIONS,
+    ZERO_SHOT_GENERATIONS,
     CONFUSION_PLOT,
     MODEL_DIR,
     CHECKPOINTS_DIR,

@@ -7,6 +7,7 @@ Bad input becomes a TrainError naming what failed; the CLI prints it as one line
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import sys
 from collections.abc import Iterator, Sequence
@@ -31,11 +32,21 @@ from agzo.tasks import (
     load_splits,
     task_metric,
 )
+from agzo.tasks.base import GenerativeExample
+from agzo.tasks.chat import apply_chat_template
+from agzo.tasks.custom_generative import custom_generative_task
+from agzo.tasks.demonstrations import with_demonstrations
 from agzo.tasks.registry import Task
 from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import CUSTOM_TASK, TrainConfig
 from agzo.train.errors import TrainError
 from agzo.train.evaluate import Predictions, evaluate, metrics_of, predict
+from agzo.train.evaluate_generation import (
+    Generations,
+    PromptEncoder,
+    generate_answers,
+    generation_metrics,
+)
 from agzo.train.layers import restrict_to_layers
 from agzo.train.objective import LOSS_DESCRIPTIONS, CandidateScorer, LossKind
 
@@ -75,15 +86,42 @@ class RunData:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     scorer: CandidateScorer
+    encoder: PromptEncoder | None = None  # generative tasks: prompts for decoding
+    # The in-context baseline (--demonstrations k): dev and test with k demonstrations each.
+    icl: dict[str, list[Example]] = dataclasses.field(default_factory=dict)
 
     @property
     def metric(self) -> str:
         """The task's headline metric, which picks the best weights."""
         return self.task.metric
 
+    @property
+    def generative(self) -> bool:
+        """Whether answers are generated (F1 / exact match) rather than chosen."""
+        return self.encoder is not None
+
+    def generate(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+    ) -> tuple[dict[str, float], Generations]:
+        """F1 / exact match / loss of generated answers, and the generations."""
+        assert self.encoder is not None, "generate() is for generative tasks"
+        generative = [e for e in examples if isinstance(e, GenerativeExample)]
+        generations = generate_answers(
+            self.model,
+            self.scorer,
+            self.encoder,
+            generative,
+            self.config.eval_batch_size,
+            progress=progress,
+            desc=desc,
+        )
+        return generation_metrics(generative, generations), generations
+
     def evaluate(
         self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
     ) -> dict[str, float]:
+        if self.generative:
+            return self.generate(examples, progress, desc)[0]
         return evaluate(
             self.model,
             self.scorer,
@@ -96,8 +134,10 @@ class RunData:
 
     def predict(
         self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
-    ) -> tuple[dict[str, float], Predictions]:
+    ) -> tuple[dict[str, float], Predictions | Generations]:
         """The task's metrics and every prediction (for a report and the predictions file)."""
+        if self.generative:
+            return self.generate(examples, progress, desc)
         batch_size = self.config.eval_batch_size
         predictions = predict(
             self.model, self.scorer, examples, batch_size, progress=progress, desc=desc
@@ -107,6 +147,10 @@ class RunData:
 
 
 def make_task(config: TrainConfig) -> Task:
+    if config.task == CUSTOM_TASK and config.labels is None:
+        return custom_generative_task(
+            config.data_file or "", config.template, config.answer_field, columns=config.columns
+        )
     if config.task == CUSTOM_TASK:
         return custom_task_from_spec(
             config.data_file or "",
@@ -139,6 +183,21 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         splits = load_splits(
             task, config.data_dir, config.seed, config.n_train, config.n_dev, config.n_test
         )
+    generative = is_generative(splits)
+    if generative and config.loss != "lm":
+        raise TrainError(
+            f"--loss {config.loss} compares candidate answers; a generative task has one "
+            "answer to learn, trained with the default --loss lm"
+        )
+    icl: dict[str, list[Example]] = {}
+    if config.demonstrations:
+        with user_errors("--demonstrations"):
+            icl = {
+                split: with_demonstrations(
+                    getattr(splits, split), splits.train, config.demonstrations, config.seed
+                )
+                for split in ("dev", "test")
+            }
     if len(splits.test) < FEW_TEST_EXAMPLES:
         splits.warnings.append(few_examples_warning(len(splits.test)))
     for note in splits.notes:
@@ -159,16 +218,28 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
                     model, config.lora_rank, config.lora_alpha, config.lora_targets, config.model
                 ),
             )
+    if config.chat_template or _has_messages(splits):
+        with user_errors(f"chat template of {config.model!r}"):
+            splits = _rendered(splits, tokenizer)
+            icl = {split: apply_chat_template(e, tokenizer) for split, e in icl.items()}
+        say("prompts rendered with the tokenizer's chat template")
     loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
     scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
+    examples = [*splits.train, *splits.dev, *splits.test, *(e for x in icl.values() for e in x)]
+    encoder = PromptEncoder(scorer, config.max_new_tokens) if generative else None
     with user_errors("tokenizing the examples"):
         # Encoding everything now catches candidates that encode to no tokens or prompts
         # that do not fit max_length before any step runs (and caches the encodings).
-        encoded = scorer.encode([*splits.train, *splits.dev, *splits.test])
-    if not all(e.single_token for e in encoded):
-        say(f"note: {multi_token_note([*splits.train, *splits.dev, *splits.test], scorer)}")
-    why = "the default" if config.loss == "lm" else "chosen with --loss"
-    say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
+        encoded = scorer.encode(examples)
+        if encoder is not None:
+            encoder.encode([e for e in examples if isinstance(e, GenerativeExample)])
+    if generative:
+        say(f"loss: {GENERATIVE_LOSS}")
+    else:
+        if not all(e.single_token for e in encoded):
+            say(f"note: {multi_token_note(examples, scorer)}")
+        why = "the default" if config.loss == "lm" else "chosen with --loss"
+        say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
     prepare = config.method.prepare
     if prepare is not None:
         # Methods that add layers (ZO-Act) calibrate on the run's first training batch:
@@ -183,7 +254,33 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     with user_errors("--layers"):
         config = restrict_to_layers(config, model, scorer, splits.train, say)
     dev = splits.dev[: config.eval_examples] if config.eval_examples else list(splits.dev)
-    return RunData(config, task, splits, dev, model, tokenizer, scorer)
+    return RunData(config, task, splits, dev, model, tokenizer, scorer, encoder, icl)
+
+
+def _has_messages(splits: TaskSplits) -> bool:
+    return any(isinstance(e, GenerativeExample) and e.messages for e in splits.train)
+
+
+def _rendered(splits: TaskSplits, tokenizer: PreTrainedTokenizerBase) -> TaskSplits:
+    """The splits with every prompt in the tokenizer's chat template."""
+    return dataclasses.replace(
+        splits,
+        train=apply_chat_template(splits.train, tokenizer),
+        dev=apply_chat_template(splits.dev, tokenizer),
+        test=apply_chat_template(splits.test, tokenizer),
+    )
+
+
+GENERATIVE_LOSS = (
+    "cross-entropy of the first gold answer's tokens and the stop marker after it, given "
+    "the prompt; evaluation generates greedily and scores F1 / exact match"
+)
+
+
+def is_generative(splits: TaskSplits) -> bool:
+    """Whether a task's examples are answered by generation (all of them, or none)."""
+    kinds = {isinstance(e, GenerativeExample) for e in (*splits.train, *splits.dev, *splits.test)}
+    return kinds == {True}
 
 
 def multi_token_note(examples: Sequence[Example], scorer: CandidateScorer) -> str:

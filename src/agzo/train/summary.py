@@ -47,8 +47,11 @@ def run_summary(
 
 
 def describe(label: str, metrics: dict[str, dict[str, float]], metric: str) -> str:
-    """ "zero-shot accuracy: dev 0.5000, test 0.4800"."""
-    parts = [f"{split} {m[metric]:.4f}" for split, m in metrics.items()]
+    """ "zero-shot accuracy: dev 0.5000, test 0.4800" (and "in-context test 0.6100" when
+    the in-context baseline was evaluated)."""
+    parts = [
+        f"{split.replace('icl_', 'in-context ')} {m[metric]:.4f}" for split, m in metrics.items()
+    ]
     return f"{label} {metric}: " + ", ".join(parts)
 
 
