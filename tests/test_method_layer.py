@@ -424,3 +424,12 @@ def test_select_dev_loss_keeps_the_lowest_dev_loss() -> None:
     assert not _better(more_accurate_higher_loss, first, "accuracy", "dev-loss")
     assert _better(lower_loss_less_accurate, first, "accuracy", "dev-loss")
     assert not _better(lower_loss_less_accurate, first, "accuracy", "dev-accuracy")
+
+
+def test_benchmark_tasks_train_with_their_papers_loss_by_default() -> None:
+    from agzo.train import TrainConfig
+
+    losses = {t: TrainConfig(task=t).resolved()["loss"] for t in ("sst2", "rte", "copa")}
+    assert losses == {"sst2": "candidates", "rte": "candidates", "copa": "lm"}
+    assert TrainConfig().resolved()["loss"] == "lm"  # the generated default task
+    assert TrainConfig(task="sst2", loss="lm").resolved()["loss"] == "lm"  # a flag wins

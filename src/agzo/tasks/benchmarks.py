@@ -46,6 +46,9 @@ class BenchmarkTask:
     metric: "accuracy", or "f1" where MeZO reports F1 (MultiRC's answer-level F1a).
     default_dev: MeZO's dev size (100 for CB and COPA, 500 otherwise).
     hub_id: (dataset path, config) on the Hugging Face hub.
+    paper_loss: the loss MeZO (and AGZO after it) trains the task with: "candidates" (a
+        softmax over the candidates' mean log-probabilities) where it sets
+        --train_as_classification, "lm" (the correct continuation's tokens) for COPA.
     """
 
     name: str
@@ -57,6 +60,7 @@ class BenchmarkTask:
     hub_id: tuple[str, str]
     metric: str = "accuracy"
     default_dev: int = 500
+    paper_loss: str = "candidates"
 
     def default_sizes(self) -> SplitSizes:
         return MEZO_SIZES._replace(dev=self.default_dev)
@@ -227,6 +231,7 @@ BENCHMARK_TASKS: tuple[BenchmarkTask, ...] = (
         convert=templates.copa,
         hub_id=("super_glue", "copa"),
         default_dev=100,
+        paper_loss="lm",
     ),
     BenchmarkTask(
         name="wic",

@@ -33,7 +33,7 @@ import yaml
 
 from agzo.methods import Method, all_option_names, get_method, method_names
 from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
-from agzo.tasks import available_tasks
+from agzo.tasks import available_tasks, get_task
 from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
 from agzo.train.layers import parse_layers
 
@@ -184,7 +184,13 @@ class TrainConfig:
     exclude: tuple[str, ...] | None = field(
         default=None, metadata=_help("never train parameters matching (glob/substring)")
     )
-    loss: str = field(default="lm", metadata=_help("lm | candidates (README: the two losses)"))
+    loss: str | None = field(
+        default=None,
+        metadata=_help(
+            "lm | candidates (README: the two losses); default: the task's paper loss, "
+            "candidates for SST-2, RTE, CB, BoolQ, WSC, WiC, MultiRC, lm for the others"
+        ),
+    )
     objective: str = field(
         default="loss",
         metadata=_help("loss | metric: minimize the loss, or minus the task metric (ZO only)"),
@@ -388,7 +394,7 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown save mode {self.save_mode!r}; choose one of {', '.join(SAVE_CHOICES)}"
             )
-        if self.loss not in LOSSES:
+        if self.loss is not None and self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(
@@ -423,6 +429,16 @@ class TrainConfig:
         return self.method.make_options(**{**preset, "lr": self.lr, **self.options})
 
     @property
+    def loss_kind(self) -> str:
+        """The loss trained: --loss if given, else the one the task's paper trains with
+        (MeZO's protocol), else the language-model loss."""
+        if self.loss is not None:
+            return self.loss
+        if self.task == CUSTOM_TASK:
+            return "lm"
+        return str(getattr(get_task(self.task), "paper_loss", "lm"))
+
+    @property
     def zeroth_order(self) -> bool:
         return self.method.zeroth_order
 
@@ -441,6 +457,7 @@ class TrainConfig:
         in (lr included). This is what config.yaml holds."""
         values = self.to_dict()
         del values["options"]
+        values["loss"] = self.loss_kind
         values |= dataclasses.asdict(self.method_options)
         return values
 

@@ -184,9 +184,9 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
             task, config.data_dir, config.seed, config.n_train, config.n_dev, config.n_test
         )
     generative = is_generative(splits)
-    if generative and config.loss != "lm":
+    if generative and config.loss_kind != "lm":
         raise TrainError(
-            f"--loss {config.loss} compares candidate answers; a generative task has one "
+            f"--loss {config.loss_kind} compares candidate answers; a generative task has one "
             "answer to learn, trained with the default --loss lm"
         )
     icl: dict[str, list[Example]] = {}
@@ -223,7 +223,7 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
             splits = _rendered(splits, tokenizer)
             icl = {split: apply_chat_template(e, tokenizer) for split, e in icl.items()}
         say("prompts rendered with the tokenizer's chat template")
-    loss_kind = cast(LossKind, config.loss)  # validated by TrainConfig
+    loss_kind = cast(LossKind, config.loss_kind)  # validated by TrainConfig
     scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
     examples = [*splits.train, *splits.dev, *splits.test, *(e for x in icl.values() for e in x)]
     encoder = PromptEncoder(scorer, config.max_new_tokens) if generative else None
@@ -238,8 +238,10 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     else:
         if not all(e.single_token for e in encoded):
             say(f"note: {multi_token_note(examples, scorer)}")
-        why = "the default" if config.loss == "lm" else "chosen with --loss"
-        say(f"loss: {config.loss} ({why}): {LOSS_DESCRIPTIONS[config.loss]}")
+        why = "chosen with --loss" if config.loss else f"the loss {config.task}'s papers use"
+        if config.loss is None and config.loss_kind == "lm":
+            why = "the default"
+        say(f"loss: {loss_kind} ({why}): {LOSS_DESCRIPTIONS[loss_kind]}")
     prepare = config.method.prepare
     if prepare is not None:
         # Methods that add layers (ZO-Act) calibrate on the run's first training batch:
