@@ -96,6 +96,8 @@ RESUMABLE_CHANGES = frozenset(
         "save_mode",
         "output_dir",
         "device",
+        "sync_check_every",
+        "dist_timeout",
     }
 )
 
@@ -153,7 +155,14 @@ class TrainConfig:
     )
     loss: str = field(default="lm", metadata=_help("lm | candidates (README: the two losses)"))
     steps: int = field(default=DEFAULT_STEPS, metadata=_help("optimizer steps"))
-    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("examples per step"))
+    batch_size: int = field(
+        default=DEFAULT_BATCH_SIZE,
+        metadata=_help("examples per step (over all processes: each takes an equal share)"),
+    )
+    accumulate: int = field(
+        default=1,
+        metadata=_help("micro-batches per step: the step's loss over N passes (less memory)"),
+    )
     seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
     # Data sizes and evaluation.
     # None: the task's own sizes (MeZO protocol 1000/500/1000, dev 100 for CB and COPA,
@@ -178,6 +187,14 @@ class TrainConfig:
         default=DEFAULT_CHECKPOINT_EVERY, metadata=_help("checkpoint every N steps (0: end only)")
     )
     keep_checkpoints: int = field(default=1, metadata=_help("how many checkpoints to keep"))
+    sync_check_every: int = field(
+        default=50,
+        metadata=_help("several processes: compare their weights every N steps (0: at the end)"),
+    )
+    dist_timeout: float = field(
+        default=600.0,
+        metadata=_help("several processes: seconds one waits for the others before stopping"),
+    )
     tensorboard: bool = field(default=True, metadata=_help("TensorBoard logs when installed"))
     save_mode: str = field(  # the flag is --save
         default="best",
@@ -266,7 +283,7 @@ class TrainConfig:
 
     def _check_ranges(self) -> None:
         positive = ("steps", "batch_size", "n_train", "n_dev", "n_test", "eval_every")
-        for name in (*positive, "eval_batch_size", "keep_checkpoints"):
+        for name in (*positive, "eval_batch_size", "keep_checkpoints", "accumulate"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -277,6 +294,18 @@ class TrainConfig:
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
+            )
+        if self.sync_check_every < 0:
+            raise ConfigError(
+                f"sync_check_every must be >= 0 (0: only at the end), got {self.sync_check_every}"
+            )
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        if self.batch_size % self.accumulate:
+            raise ConfigError(
+                f"--accumulate {self.accumulate} does not divide --batch-size "
+                f"{self.batch_size}: every micro-batch holds the same number of examples; "
+                f"choose an --accumulate that divides {self.batch_size}"
             )
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")

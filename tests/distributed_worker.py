@@ -1,0 +1,84 @@
+"""One process of a multi-process test run, started by tests/test_distributed.py.
+
+Started like torchrun starts a worker (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the
+environment) with the path of a JSON plan: a list of `agzo.train` jobs run one after
+another in one process group (so that the imports are paid once). Each job records its
+outcome and, for this process, the trained weights and every write it made under its
+run directory (seen through Python's audit hooks), in `<plan>.rank<R>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+torch.set_num_threads(1)
+
+from agzo.train import TrainConfig, train  # noqa: E402
+
+WRITES = {"os.mkdir", "os.rename", "os.replace", "os.remove", "shutil.rmtree", "os.link"}
+
+
+def main() -> None:
+    plan_path = Path(sys.argv[1])
+    plan = json.loads(plan_path.read_text())
+    rank = int(os.environ["RANK"])
+    dist.init_process_group("gloo", timeout=timedelta(seconds=plan.get("timeout", 60)))
+    watched: list[str] = []
+    writes: list[str] = []
+
+    def audit(event: str, args: tuple[Any, ...]) -> None:
+        if not watched:
+            return
+        if event == "open" and isinstance(args[0], (str, os.PathLike)):
+            mode = str(args[1] or "r")
+            if any(flag in mode for flag in "wax+"):
+                path = os.fspath(args[0])
+                if path.startswith(watched[0]):
+                    writes.append(f"open {path}")
+        elif event in WRITES and args and isinstance(args[0], (str, os.PathLike)):
+            path = os.fspath(args[0])
+            if path.startswith(watched[0]):
+                writes.append(f"{event} {path}")
+
+    sys.addaudithook(audit)
+    outcomes = []
+    for job in plan["jobs"]:
+        config = TrainConfig.from_dict(job["config"])
+        watched[:] = [str(Path(job["config"]["output_dir"]).resolve())]
+        writes.clear()
+
+        def on_step(step: int, loss: float | None, job: dict[str, Any] = job) -> None:
+            if job.get("die_at") == step and job.get("die_rank") == rank:
+                os._exit(3)  # a crash: no clean-up, no goodbye to the others
+
+        started = time.monotonic()
+        outcome: dict[str, Any] = {"name": job["name"]}
+        try:
+            result = train(config, resume=job.get("resume", False), quiet=True, on_step=on_step)
+        except Exception as error:  # noqa: BLE001 - the test reads the error's type and text
+            outcome |= {"error": type(error).__name__, "message": str(error)}
+        else:
+            weights = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+            target = plan_path.with_name(f"{job['name']}.rank{rank}.safetensors")
+            save_file(weights, str(target))
+            outcome |= {"weights": str(target), "steps": result.steps}
+        outcome |= {"seconds": time.monotonic() - started, "writes": list(writes)}
+        outcomes.append(outcome)
+        plan_path.with_name(f"{plan_path.stem}.rank{rank}.json").write_text(json.dumps(outcomes))
+        if "error" in outcome and outcome["error"] != "TrainError":
+            break  # the group is broken: nothing more can run
+    watched.clear()
+
+
+if __name__ == "__main__":
+    main()
