@@ -35,6 +35,8 @@ RUNS = {
     "mezo-adam": {"optimizer": "mezo", "update": "adam"},
     "lozo-momentum": {"optimizer": "lozo", "update": "momentum", "two_sided": True},
     "fo-sgd": {"optimizer": "fo-sgd"},
+    # Micro-batches within each process: the exact one-step basis sums over both.
+    "agzo-K1-accumulate": {"optimizer": "agzo", "power_steps": 1, "accumulate": 2},
 }
 
 
@@ -166,8 +168,9 @@ def test_two_processes_reach_the_one_process_weights_on_the_union_batch(
     first, second = (load_file(r["weights"]) for r in ranks)
     for key in first:  # bit-identical across processes
         assert torch.equal(first[key], second[key]), key
+    whole_batch = {k: v for k, v in RUNS[name].items() if k != "accumulate"}
     single = train(
-        TrainConfig.from_dict(tiny_settings(model_dir, tmp_path / "one", **RUNS[name])),
+        TrainConfig.from_dict(tiny_settings(model_dir, tmp_path / "one", **whole_batch)),
         quiet=True,
     )
     for key, value in trained(single.model).items():

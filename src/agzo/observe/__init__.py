@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from agzo.observe.accumulate import AccumulatedCapture
 from agzo.observe.subspaces import (
     ActivationCapture,
     CapturedSubspaces,
@@ -31,4 +32,11 @@ class Observer(Protocol):
     def result(self) -> Any: ...
 
 
-__all__ = ["ActivationCapture", "CapturedSubspaces", "Observer", "merge_bases", "power_iteration"]
+__all__ = [
+    "AccumulatedCapture",
+    "ActivationCapture",
+    "CapturedSubspaces",
+    "Observer",
+    "merge_bases",
+    "power_iteration",
+]
