@@ -22,10 +22,18 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests` as a package
 
 from agzo.train import TrainConfig, train  # noqa: E402
 
 WRITES = {"os.mkdir", "os.rename", "os.replace", "os.remove", "shutil.rmtree", "os.link"}
+
+
+def zo_trainer(settings: dict[str, Any]) -> torch.nn.Module:
+    """A ZOTrainer run on the tiny model (tests/test_hf_trainer.py's data), its model."""
+    from tests.test_distributed import zo_trainer_run
+
+    return zo_trainer_run(Path(settings["output_dir"]), settings["per_device"])
 
 
 def main() -> None:
@@ -53,7 +61,6 @@ def main() -> None:
     sys.addaudithook(audit)
     outcomes = []
     for job in plan["jobs"]:
-        config = TrainConfig.from_dict(job["config"])
         watched[:] = [str(Path(job["config"]["output_dir"]).resolve())]
         writes.clear()
 
@@ -64,14 +71,24 @@ def main() -> None:
         started = time.monotonic()
         outcome: dict[str, Any] = {"name": job["name"]}
         try:
-            result = train(config, resume=job.get("resume", False), quiet=True, on_step=on_step)
+            if job.get("kind") == "trainer":
+                model = zo_trainer(job["config"])
+                steps = 0
+            else:
+                result = train(
+                    TrainConfig.from_dict(job["config"]),
+                    resume=job.get("resume", False),
+                    quiet=True,
+                    on_step=on_step,
+                )
+                model, steps = result.model, result.steps
         except Exception as error:  # noqa: BLE001 - the test reads the error's type and text
             outcome |= {"error": type(error).__name__, "message": str(error)}
         else:
-            weights = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+            weights = {n: p.detach().clone() for n, p in model.named_parameters()}
             target = plan_path.with_name(f"{job['name']}.rank{rank}.safetensors")
             save_file(weights, str(target))
-            outcome |= {"weights": str(target), "steps": result.steps}
+            outcome |= {"weights": str(target), "steps": steps}
         outcome |= {"seconds": time.monotonic() - started, "writes": list(writes)}
         outcomes.append(outcome)
         plan_path.with_name(f"{plan_path.stem}.rank{rank}.json").write_text(json.dumps(outcomes))

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from agzo.core.reduce import LOCAL
+from agzo.testing import tiny_causal_lm
 from agzo.train import TrainConfig, train
 from agzo.train.errors import TrainError
 from agzo.train.processes import Processes, check_batch_split, split_evenly
@@ -74,6 +75,39 @@ def tiny_settings(model_dir: Path, out: Path, **changes: Any) -> dict[str, Any]:
         "sync_check_every": 1,
         "keep_checkpoints": 3,
     } | changes
+
+
+def zo_trainer_run(output_dir: Path, per_device: int) -> torch.nn.Module:
+    """Three AGZO steps of ZOTrainer on the tiny Llama; returns the trained model."""
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    from agzo.integrations import ZOTrainer
+    from agzo.testing import tiny_causal_lm, tiny_tokenizer
+    from tests.test_hf_trainer import _dataset
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm("llama")
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=per_device,
+        max_steps=3,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=7,
+    )
+    trainer = ZOTrainer(
+        model=model,
+        args=args,
+        train_dataset=_dataset(tok),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        zo_kwargs={"eps": 1e-3},
+    )
+    trainer.train()
+    return model
 
 
 def free_port() -> int:
@@ -149,6 +183,13 @@ def two_processes(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     jobs.append(
         {
+            "name": "zo-trainer",
+            "kind": "trainer",
+            "config": {"output_dir": str(folder / "zo-trainer"), "per_device": 2},
+        }
+    )
+    jobs.append(
+        {
             "name": "dies",
             "config": tiny_settings(model_dir, folder / "dies", steps=6),
             "die_at": 2,
@@ -179,6 +220,18 @@ def test_two_processes_reach_the_one_process_weights_on_the_union_batch(
     run_dir = two_processes["folder"] / name
     at_2 = load_file(str(run_dir / "checkpoints" / "step-000002" / "weights.safetensors"))
     assert any(not torch.equal(at_2[k], first[k]) for k in at_2)
+
+
+def test_zo_trainer_runs_under_two_processes_in_agreement(
+    two_processes: dict[str, Any],
+) -> None:
+    ranks = [outcomes["zo-trainer"] for outcomes in two_processes["outcomes"]]
+    assert all("error" not in r for r in ranks), ranks
+    first, second = (load_file(r["weights"]) for r in ranks)
+    for key in first:  # each process trained on its own batches, yet the steps agree
+        assert torch.equal(first[key], second[key]), key
+    start = dict(tiny_causal_lm("llama").named_parameters())
+    assert any(not torch.equal(start[k], first[k]) for k in first)
 
 
 def test_only_process_0_writes(two_processes: dict[str, Any]) -> None:
