@@ -33,6 +33,7 @@ import yaml
 
 from agzo.methods import Method, all_option_names, get_method, method_names
 from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
+from agzo.placement import OFFLOAD_CHOICES, PlacementError, parse_device_map
 from agzo.tasks import available_tasks
 from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
 
@@ -98,6 +99,8 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "sync_check_every",
         "dist_timeout",
+        "device_map",
+        "offload",
     }
 )
 
@@ -183,6 +186,13 @@ class TrainConfig:
     )
     dtype: str = field(default="float32", metadata=_help(" | ".join(DTYPES)))
     device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N | mps"))
+    device_map: str | None = field(
+        default=None,
+        metadata=_help("split the model over devices: auto | balanced | sequential | JSON map"),
+    )
+    offload: str | None = field(
+        default=None, metadata=_help("cpu: weights in host memory, computed on the GPU")
+    )
     checkpoint_every: int = field(
         default=DEFAULT_CHECKPOINT_EVERY, metadata=_help("checkpoint every N steps (0: end only)")
     )
@@ -319,11 +329,33 @@ class TrainConfig:
             )
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        self._check_placement()
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except (RuntimeError, ValueError) as error:
                 raise ConfigError(f"invalid device {self.device!r}: {error}") from error
+
+    def _check_placement(self) -> None:
+        if self.device_map is not None and self.offload is not None:
+            raise ConfigError(
+                "--device-map and --offload both place the model: pass one (a map may put "
+                "modules on 'cpu' itself)"
+            )
+        if (self.device_map is not None or self.offload is not None) and self.device != "auto":
+            raise ConfigError(
+                f"--device {self.device} and --{'device-map' if self.device_map else 'offload'}"
+                " both say where the model runs: leave --device at auto"
+            )
+        try:
+            if self.device_map is not None:
+                parse_device_map(self.device_map)
+            if self.offload is not None and self.offload not in OFFLOAD_CHOICES:
+                raise ConfigError(
+                    f"unknown offload {self.offload!r}; choose {', '.join(OFFLOAD_CHOICES)}"
+                )
+        except PlacementError as error:
+            raise ConfigError(str(error)) from error
 
     # -- resolved values ------------------------------------------------------------------
     @property

@@ -32,6 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.models import save_model
+from agzo.placement import HostOffload, check_offload
 from agzo.seeding import derive_seed
 from agzo.tasks import Example
 from agzo.train.checkpoint import (
@@ -136,13 +137,23 @@ def train(
     processes = join(resolve_device(config.device), config.dist_timeout)
     try:
         check_batch_split(config.batch_size, processes.world, config.accumulate)
+        if processes.distributed and (config.device_map or config.offload):
+            raise TrainError(
+                "--device-map / --offload place one model over several devices, for one "
+                "process: launch a single process with them (data parallel runs hold a "
+                "whole model per process)"
+            )
         # Every process has checked the directory before process 0 writes into it.
         processes.barrier("waiting for every process to start")
         say = Printer(quiet or not processes.is_main)
         run = load_run(config, say)
         with user_errors("optimizer"):
             optimizer = build_optimizer(run.model, config, processes.reducer)
-        session = _Session.start(run, optimizer, plan, say, processes)
+        named = trainable_parameters(run.model, config)
+        # After the optimizer: it holds the host tensors the offload hooks copy from.
+        offload = check_offload(config.offload)
+        host = HostOffload(run.model, offload) if offload is not None else None
+        session = _Session.start(run, optimizer, plan, say, processes, named, host)
         try:
             session.evaluate_zero_shot()
             session.open_progress_bar()  # here, so that its ETA counts training steps only
@@ -172,9 +183,11 @@ class _Session:
         say: Printer,
         saved_at: int,
         processes: Processes,
+        host: HostOffload | None = None,
     ) -> None:
         self.run, self.optimizer, self.run_dir = run, optimizer, run_dir
         self.processes = processes
+        self.host = host
         self.config = run.config
         self.named = named
         self.state, self.log, self.say = state, log, say
@@ -191,12 +204,14 @@ class _Session:
         plan: RunDirPlan,
         say: Printer,
         processes: Processes,
+        named: list[tuple[str, torch.nn.Parameter]],
+        host: HostOffload | None = None,
     ) -> _Session:
         """Create the run directory (the first write), restore a checkpoint if resuming.
 
         A checkpoint holds no per-process state (every process holds the whole model and
-        optimizer state), so a run resumes with any number of processes."""
-        named = trainable_parameters(run.model, run.config)
+        optimizer state), so a run resumes with any number of processes. `named`: the
+        trained tensors (taken before any offload, which leaves placeholders behind)."""
         if processes.is_main:
             plan.prepare()
             run.config.save(plan.path / CONFIG)
@@ -215,7 +230,7 @@ class _Session:
             files=processes.is_main,
         )
         saved_at = state.step if checkpoint is not None else -1
-        return cls(run, optimizer, named, plan.path, state, log, say, saved_at, processes)
+        return cls(run, optimizer, named, plan.path, state, log, say, saved_at, processes, host)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate_dev(self, step: int) -> dict[str, float]:
@@ -355,6 +370,8 @@ class _Session:
         write_predictions(run_dir / PREDICTIONS, test, predictions, "test")
         plot_confusion(report, run_dir / CONFUSION_PLOT, title="final test")
         self.say(report.table())
+        if self.host is not None:
+            self.host.close()  # the modules hold their weights again, to be saved
         if config.save_mode != "none":
             # The weights are already on disk (best/ or the last checkpoint): model/ links
             # them instead of holding a third copy.
