@@ -305,3 +305,21 @@ def test_batch_split_rules() -> None:
         check_batch_split(8, 2, 3)
     single = Processes()
     assert single.reducer is LOCAL and single.take([1, 2, 3]) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_torchrun_launches_the_command(model_dir: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m agzo train` end to end (about 15 s)."""
+    out = tmp_path / "run"
+    env = os.environ | {
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-port", str(free_port()), "-m", "agzo", "train", "--quiet"]
+    command += ["--model", str(model_dir), "--steps", "2", "--batch-size", "4"]
+    command += ["--n-train", "24", "--n-dev", "8", "--n-test", "8", "--no-tensorboard"]
+    command += ["--output-dir", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
