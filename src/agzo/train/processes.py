@@ -137,10 +137,11 @@ class Processes:
         """Stop every process, with the tensor named, if the weights differ anywhere."""
         if not self.distributed:
             return
-        mine = _checksums([p for _, p in named])
+        mine = _checksums([p for _, p in named]).to(comm_device())
         every = [torch.empty_like(mine) for _ in range(self.world)]
         with collective("comparing the weights' checksums"):
             dist.all_gather(every, mine)
+        every = [theirs.cpu() for theirs in every]
         for rank, theirs in enumerate(every):
             differs = (theirs != every[0]).nonzero()
             if len(differs):
