@@ -36,6 +36,20 @@ def zo_trainer(settings: dict[str, Any]) -> torch.nn.Module:
     return zo_trainer_run(Path(settings["output_dir"]), settings["per_device"])
 
 
+def drift(rank: int) -> str:
+    """Weights that differ in one tensor on process 1: the checksum comparison's error."""
+    from agzo.train.processes import Processes
+
+    named = [("same", torch.ones(3)), ("drifted", torch.full((2,), 1.0 + 1e-6 * rank))]
+    processes = Processes(rank=rank, world=dist.get_world_size())
+    processes.check_in_sync(named[:1], step=3)  # in agreement: no error
+    try:
+        processes.check_in_sync(named, step=3)
+    except RuntimeError as error:
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
 def main() -> None:
     plan_path = Path(sys.argv[1])
     plan = json.loads(plan_path.read_text())
@@ -74,6 +88,9 @@ def main() -> None:
             if job.get("kind") == "trainer":
                 model = zo_trainer(job["config"])
                 steps = 0
+            elif job.get("kind") == "drift":
+                outcome["caught"] = drift(rank)
+                model, steps = torch.nn.Linear(1, 1), 0
             else:
                 result = train(
                     TrainConfig.from_dict(job["config"]),

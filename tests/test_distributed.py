@@ -188,6 +188,7 @@ def two_processes(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "config": {"output_dir": str(folder / "zo-trainer"), "per_device": 2},
         }
     )
+    jobs.append({"name": "drift", "kind": "drift", "config": {"output_dir": str(folder)}})
     jobs.append(
         {
             "name": "dies",
@@ -232,6 +233,15 @@ def test_zo_trainer_runs_under_two_processes_in_agreement(
         assert torch.equal(first[key], second[key]), key
     start = dict(tiny_causal_lm("llama").named_parameters())
     assert any(not torch.equal(start[k], first[k]) for k in first)
+
+
+def test_processes_whose_weights_drift_apart_stop_with_the_tensor_named(
+    two_processes: dict[str, Any],
+) -> None:
+    for outcomes in two_processes["outcomes"]:
+        caught = outcomes["drift"]["caught"]
+        assert caught.startswith("RanksDivergedError: after step 3 the weights of process 1")
+        assert "(first in drifted, 1 tensor(s) in all)" in caught
 
 
 def test_only_process_0_writes(two_processes: dict[str, Any]) -> None:
