@@ -193,6 +193,9 @@ class ZOTrainer(Trainer):
     Under `torchrun` / `accelerate launch` each process takes its own share of the data,
     as with Trainer, and the optimizer reduces the step's losses (and AGZO's subspaces)
     over the processes with a `DistributedReducer`, so all of them take the same step.
+    Each process's loss is weighted by its rows: a causal LM's loss, a mean over tokens,
+    then differs from the mean over the union batch's tokens when the processes' batches
+    hold different numbers of tokens.
 
     Raises ValueError at construction for settings a zeroth-order step cannot honour (fp16
     loss scaling, DeepSpeed, FSDP, several GPUs in one process); warns for ones it ignores.
