@@ -44,12 +44,14 @@ def _worker(args: argparse.Namespace) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     exchanged = [0]
     waited = [0.0]  # seconds inside collectives: transfer plus waiting for the other
+    calls: list[tuple[str, int, torch.dtype]] = []  # the step's collectives, to replay
     if world > 1:
         dist.init_process_group("gloo")
         real_all_reduce, real_all_gather = dist.all_reduce, dist.all_gather
 
         def all_reduce(tensor: torch.Tensor, *a: Any, **k: Any) -> Any:
             exchanged[0] += tensor.numel()
+            calls.append(("reduce", tensor.numel(), tensor.dtype))
             started = time.perf_counter()
             result = real_all_reduce(tensor, *a, **k)
             waited[0] += time.perf_counter() - started
@@ -57,6 +59,7 @@ def _worker(args: argparse.Namespace) -> None:
 
         def all_gather(out: list[torch.Tensor], tensor: torch.Tensor, *a: Any, **k: Any) -> Any:
             exchanged[0] += tensor.numel()
+            calls.append(("gather", tensor.numel(), tensor.dtype))
             started = time.perf_counter()
             result = real_all_gather(out, tensor, *a, **k)
             waited[0] += time.perf_counter() - started
@@ -77,6 +80,7 @@ def _worker(args: argparse.Namespace) -> None:
             if world > 1:
                 real_all_reduce(torch.zeros(1))  # start together
             exchanged[0], waited[0] = 0, 0.0
+            calls.clear()
             started = time.perf_counter()
             optimizer.step(closure)
             if step >= 2:
@@ -86,11 +90,30 @@ def _worker(args: argparse.Namespace) -> None:
             "step_s": statistics.median(times),
             "collective_s": statistics.median(waits),
             "exchanged": exchanged[0],
+            "collectives": len(calls),
+            "replay_s": _replay(calls, real_all_reduce, real_all_gather) if world > 1 else 0.0,
         }
     if rank == 0:
         Path(args.out).write_text(json.dumps(results))
     if world > 1:
         dist.destroy_process_group()
+
+
+def _replay(calls: list[tuple[str, int, torch.dtype]], all_reduce: Any, all_gather: Any) -> float:
+    """Seconds the last step's collectives take back to back, with no computation in
+    between: the communication itself, without waiting for a slower process."""
+    tensors = [(kind, torch.zeros(n, dtype=dtype)) for kind, n, dtype in calls]
+    times = []
+    for _ in range(5):
+        all_reduce(torch.zeros(1))  # start together
+        started = time.perf_counter()
+        for kind, tensor in tensors:
+            if kind == "reduce":
+                all_reduce(tensor)
+            else:
+                all_gather([torch.empty_like(tensor) for _ in range(2)], tensor)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def _measure(args: argparse.Namespace, processes: int, out: Path) -> dict[str, Any]:
@@ -134,16 +157,21 @@ def main() -> None:
         f"1 thread per process, gloo; fastest of {args.repeats} medians of {args.steps} steps"
     )
     print(f"{'method':<8}{'1 process (s)':>15}{'2 processes (s)':>17}{'ratio':>8}"
-          f"{'in collectives (s)':>20}{'numbers exchanged/step':>25}")  # fmt: skip
+          f"{'in collectives (s)':>20}{'replayed (s)':>14}{'collectives':>13}"
+          f"{'numbers exchanged':>19}")  # fmt: skip
     for name in args.methods.split(","):
         one = min(r[name]["step_s"] for r in runs[1])
         best = min(runs[2], key=lambda r: r[name]["step_s"])[name]
         two, waited, count = best["step_s"], best["collective_s"], best["exchanged"]
-        print(f"{name:<8}{one:>15.3f}{two:>17.3f}{two / one:>8.2f}{waited:>20.3f}{count:>25,}")
+        replay = min(r[name]["replay_s"] for r in runs[2])
+        print(f"{name:<8}{one:>15.3f}{two:>17.3f}{two / one:>8.2f}{waited:>20.3f}"
+              f"{replay:>14.4f}{best['collectives']:>13}{count:>19,}")  # fmt: skip
     print(
         "ratio: two-process / one-process step time (the communication overhead when the "
         "two processes have their cores to themselves); in collectives: rank 0's time "
-        "inside all-reduce / all-gather per step, transfer plus waiting for the other rank"
+        "inside all-reduce / all-gather per step, transfer plus waiting for the other rank; "
+        "replayed: the same collectives back to back, without computation (the "
+        "communication alone); numbers exchanged: elements each process sends per step"
     )
 
 
