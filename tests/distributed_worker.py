@@ -36,6 +36,25 @@ def zo_trainer(settings: dict[str, Any]) -> torch.nn.Module:
     return zo_trainer_run(Path(settings["output_dir"]), settings["per_device"])
 
 
+def reductions(rank: int) -> dict[str, Any]:
+    """Each reduction of the seam with different inputs (and example counts) per process."""
+    from agzo.core.distributed import DistributedReducer
+
+    reducer = DistributedReducer(examples=1 + rank)  # process 0: 1 example, process 1: 2
+    mine_rows = [torch.tensor([1, 5]), torch.tensor([0, 5, 9, 11])][rank]
+    gradient = torch.full((2,), float(rank + 1))
+    reducer.mean_([gradient])
+    product = torch.full((3, 1), float(rank + 1))
+    return {
+        "loss": reducer.loss(float(rank + 1)),
+        "rows": reducer.union_rows(mine_rows).tolist(),
+        "no_rows": reducer.union_rows(mine_rows[:0] if rank == 0 else mine_rows).tolist(),
+        "norms": reducer.norm(torch.tensor([[3.0, 0.0], [4.0, 1.0]][rank])).tolist(),
+        "sum": reducer.sum_(product).flatten().tolist(),
+        "mean_gradient": gradient.tolist(),
+    }
+
+
 def drift(rank: int) -> str:
     """Weights that differ in one tensor on process 1: the checksum comparison's error."""
     from agzo.train.processes import Processes
@@ -88,6 +107,9 @@ def main() -> None:
             if job.get("kind") == "trainer":
                 model = zo_trainer(job["config"])
                 steps = 0
+            elif job.get("kind") == "reducer":
+                outcome["reduced"] = reductions(rank)
+                model, steps = torch.nn.Linear(1, 1), 0
             elif job.get("kind") == "drift":
                 outcome["caught"] = drift(rank)
                 model, steps = torch.nn.Linear(1, 1), 0

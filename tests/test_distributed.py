@@ -189,6 +189,7 @@ def two_processes(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         }
     )
     jobs.append({"name": "drift", "kind": "drift", "config": {"output_dir": str(folder)}})
+    jobs.append({"name": "reducer", "kind": "reducer", "config": {"output_dir": str(folder)}})
     jobs.append(
         {
             "name": "dies",
@@ -233,6 +234,18 @@ def test_zo_trainer_runs_under_two_processes_in_agreement(
         assert torch.equal(first[key], second[key]), key
     start = dict(tiny_causal_lm("llama").named_parameters())
     assert any(not torch.equal(start[k], first[k]) for k in first)
+
+
+def test_each_reduction_of_the_seam_across_two_processes(two_processes: dict[str, Any]) -> None:
+    """Process 0 holds 1 example with loss 1, process 1 holds 2 with mean loss 2."""
+    for outcomes in two_processes["outcomes"]:
+        reduced = outcomes["reducer"]["reduced"]
+        assert reduced["loss"] == pytest.approx(5 / 3)  # (1·1 + 2·2) / 3 examples
+        assert reduced["mean_gradient"] == pytest.approx([5 / 3, 5 / 3])
+        assert reduced["rows"] == [0, 1, 5, 9, 11]
+        assert reduced["no_rows"] == [0, 5, 9, 11]  # a process without rows still takes part
+        assert reduced["norms"] == pytest.approx([5.0, 1.0])  # √(3² + 4²), √(0² + 1²)
+        assert reduced["sum"] == [3.0, 3.0, 3.0]
 
 
 def test_processes_whose_weights_drift_apart_stop_with_the_tensor_named(
