@@ -82,7 +82,6 @@ class Processes:
     world: int = 1
     reducer: Reducer = LOCAL
     owns_group: bool = False
-    timeout_s: float = 0.0
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -179,11 +178,10 @@ def join(device: torch.device, timeout_s: float) -> Processes:
         owns = True
     world = dist.get_world_size()
     if world <= 1:
-        return Processes(owns_group=owns, timeout_s=timeout_s)
+        return Processes(owns_group=owns)
     return Processes(
         rank=dist.get_rank(),
         world=world,
         reducer=DistributedReducer(),
         owns_group=owns,
-        timeout_s=timeout_s,
     )
