@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from agzo.core.distributed import ProcessGroupError
 from agzo.methods import all_option_names, methods
 from agzo.models import ModelLoadError
 from agzo.probes.commands import ProbeError, add_probe_parser, run_probe
@@ -371,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agzo: interrupted", file=sys.stderr)
         return 130
+    except ProcessGroupError as error:  # another process of a multi-process run failed
+        print(f"agzo: error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except (UsageError, *USER_ERRORS) as error:
         message = _one_line(error)
         if isinstance(error, ConfigError):

@@ -166,18 +166,23 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         evaluate_loss: Callable[[], float],
         step_seed: int,
         attention_mask: torch.Tensor | None,
+        micro_batches: int = 1,
     ) -> tuple[float | None, Any]:
         """f(W₀) (None when two-sided: SPSA never needs it) and what the sampler observed."""
-        observer = self._observer(step_seed, attention_mask)
+        observer = self._observer(step_seed, attention_mask, micro_batches)
         if observer is None:
             return (None if self.two_sided else evaluate_loss()), None
         with observer:
             f0 = evaluate_loss()
         return (None if self.two_sided else f0), observer.result
 
-    def _observer(self, step_seed: int, attention_mask: torch.Tensor | None) -> Any:
+    def _observer(
+        self, step_seed: int, attention_mask: torch.Tensor | None, micro_batches: int = 1
+    ) -> Any:
         return self.sampler.observer(
-            ObservationContext(self.tensors, step_seed, self.model, attention_mask, self.reducer)
+            ObservationContext(
+                self.tensors, step_seed, self.model, attention_mask, self.reducer, micro_batches
+            )
         )
 
     def observation(
@@ -223,12 +228,18 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, closure: Closure | None = None, *, attention_mask: torch.Tensor | None = None
+        self,
+        closure: Closure | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        micro_batches: int = 1,
     ) -> torch.Tensor | None:
         """One zeroth-order step; returns the step's loss (f(W₀), or the SPSA mean).
 
         attention_mask: (batch, seq), 1 on real tokens, so padding rows are left out of
         what the sampler observes. Optional: by default it is read from the model call.
+        micro_batches: how many model calls the closure splits its batch into (gradient
+        accumulation), for observers that combine them.
         """
         if closure is None:
             raise ValueError("a zeroth-order optimizer needs a closure returning the loss")
@@ -240,7 +251,9 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
             return evaluate(closure, self.reducer)
 
         try:
-            f0, observed = self._unperturbed(evaluate_loss, step_seed, attention_mask)
+            f0, observed = self._unperturbed(
+                evaluate_loss, step_seed, attention_mask, micro_batches
+            )
         except NonFiniteLossError as err:
             self._skip(str(err))
             return None

@@ -13,11 +13,17 @@ do so unconditionally (a layer that saw no real token still reduces its zero pro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
 class Reducer:
     """Reductions over the examples of one step; the identity in a single process."""
+
+    #: True when every process must make each reduction (a collective call), even one
+    #: whose local input is empty.
+    collective = False
 
     def loss(self, value: float) -> float:
         """The batch's mean loss from this process's mean loss over its examples."""
@@ -34,6 +40,10 @@ class Reducer:
     def union_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The sorted union over processes of sorted, unique row indices."""
         return rows
+
+    def mean_(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Means over this process's examples (first-order gradients) made means over the
+        step's examples, in place."""
 
 
 LOCAL = Reducer()

@@ -31,7 +31,7 @@ from agzo.directions.base import (
 from agzo.directions.gaussian import gaussian_direction
 from agzo.directions.low_rank import low_rank_dims
 from agzo.directions.sampler import DirectionSampler, ObservationContext, ProbeContext
-from agzo.observe import ActivationCapture, CapturedSubspaces
+from agzo.observe import AccumulatedCapture, ActivationCapture, CapturedSubspaces
 from agzo.params import TrainableTensor
 from agzo.seeding import (
     STREAM_PERTURBATION,
@@ -82,7 +82,12 @@ class ActivationSampler(DirectionSampler):
         }
 
     def observer(self, context: ObservationContext) -> ActivationCapture:
-        return ActivationCapture(
+        # A batch evaluated in micro-batches: with one power step the sum over them is
+        # exact (`agzo.observe.accumulate`); with more, each micro-batch gets its own K
+        # steps and the bases are merged (`merge_bases`, approximate).
+        accumulated = context.micro_batches > 1 and self.power_steps == 1
+        capture = AccumulatedCapture if accumulated else ActivationCapture
+        return capture(
             context.tensors,
             self.rank,
             self.power_steps,

@@ -30,7 +30,8 @@ class ObservationContext:
     tensors: the trainable tensors (with the modules that consume them); step_seed: this
     step's seed; model: the hooked module; attention_mask: (batch, seq) with 1 on real
     tokens, or None to read it from the model call; reducer: sums and unions over the
-    examples of the step (see `agzo.core.reduce`).
+    examples of the step (see `agzo.core.reduce`); micro_batches: how many model calls
+    the observed pass splits its batch into (gradient accumulation).
     """
 
     tensors: Sequence[TrainableTensor]
@@ -38,6 +39,7 @@ class ObservationContext:
     model: nn.Module | None
     attention_mask: torch.Tensor | None = None
     reducer: Reducer = LOCAL
+    micro_batches: int = 1
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from agzo.core.distributed import DistributedReducer
 from agzo.core.estimator import Closure
 from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.methods import get_method, method_names
@@ -52,6 +53,15 @@ from agzo.params import select_named_parameters
 
 ZOOptimizerFactory = Callable[[nn.Module], ZerothOrderOptimizer]
 ZOOptimizerSpec = str | type[ZerothOrderOptimizer] | ZOOptimizerFactory
+
+
+def _examples_in(batch: Mapping[str, Any]) -> int:
+    """Rows of a collated batch (its first tensor's leading size)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return 1
+
 
 # Set through TrainingArguments, so that a run has one source for each.
 _FROM_TRAINING_ARGUMENTS = {"lr": "learning_rate", "weight_decay": "weight_decay"}
@@ -180,8 +190,15 @@ class ZOTrainer(Trainer):
     An optimizer built beforehand may instead come through `optimizers=(optimizer, None)`.
     Every other argument is `transformers.Trainer`'s.
 
+    Under `torchrun` / `accelerate launch` each process takes its own share of the data,
+    as with Trainer, and the optimizer reduces the step's losses (and AGZO's subspaces)
+    over the processes with a `DistributedReducer`, so all of them take the same step.
+    Each process's loss is weighted by its rows: a causal LM's loss, a mean over tokens,
+    then differs from the mean over the union batch's tokens when the processes' batches
+    hold different numbers of tokens.
+
     Raises ValueError at construction for settings a zeroth-order step cannot honour (fp16
-    loss scaling, DeepSpeed, FSDP, several processes or GPUs); warns for ones it ignores.
+    loss scaling, DeepSpeed, FSDP, several GPUs in one process); warns for ones it ignores.
     """
 
     def __init__(
@@ -229,12 +246,11 @@ class ZOTrainer(Trainer):
                 "ZOTrainer does not support DeepSpeed or FSDP: their sharded optimizers expect "
                 "gradients, and a zeroth-order step perturbs whole tensors in place"
             )
-        if args.world_size > 1 or args.n_gpu > 1:
+        if args.n_gpu > 1:
             raise ValueError(
-                f"ZOTrainer runs on one device (world_size={args.world_size}, "
-                f"n_gpu={args.n_gpu}): each replica would estimate its step from its own "
-                "loss and the replicas would drift apart. Use one process on one device "
-                "(CUDA_VISIBLE_DEVICES=0)"
+                f"ZOTrainer runs one device per process (n_gpu={args.n_gpu}: this process "
+                "sees several GPUs, which Trainer would drive with nn.DataParallel). Launch "
+                "one process per GPU: torchrun --nproc-per-node N your_script.py"
             )
         if args.max_grad_norm is not None and args.max_grad_norm > 0:
             if args.max_grad_norm != 1.0:  # 1.0 is the default, not a choice
@@ -270,7 +286,11 @@ class ZOTrainer(Trainer):
             if target is None:
                 raise RuntimeError("ZOTrainer has no model to build the optimizer on")
             self.optimizer = self._build_zeroth_order_optimizer(target)
-        trainer_driven(_zeroth_order_inside(self.optimizer))
+        optimizer = trainer_driven(_zeroth_order_inside(self.optimizer))
+        if self.args.world_size > 1 and not optimizer.reducer.collective:
+            # Several processes: the step's losses and subspaces are those of every
+            # process's batch together, so all of them take the same step.
+            optimizer.reducer = DistributedReducer()
         # A new train() call starts afresh: no micro-batch of an interrupted one is kept.
         self._pending_batches = []
         return self.optimizer
@@ -336,6 +356,8 @@ class ZOTrainer(Trainer):
         if len(self._pending_batches) < window:
             return torch.zeros((), device=self.args.device)
         batches, self._pending_batches = self._pending_batches, []
+        if isinstance(optimizer.reducer, DistributedReducer):
+            optimizer.reducer.examples = sum(_examples_in(batch) for batch in batches)
         mask = batches[0].get("attention_mask") if len(batches) == 1 else None
         loss = optimizer.step(
             self._loss_closure(model, batches, num_items_in_batch),

@@ -50,4 +50,5 @@ class ZerothOrderOptions:
             "seed": context.seed,
             "include": context.include,
             "exclude": context.exclude,
+            "reducer": context.reducer,
         }

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from agzo.methods.stepping import first_order_step, zeroth_order_step
+from agzo.core.reduce import LOCAL, Reducer
+from agzo.methods.stepping import Losses, first_order_step, zeroth_order_step
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class BuildContext:
     seed: int = 0
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
+    # How a step's quantities are combined over its examples when the batch is split
+    # across processes (`agzo.core.reduce`); zeroth-order builders hand it on.
+    reducer: Reducer = LOCAL
 
 
 Builder = Callable[[nn.Module, Any, BuildContext], torch.optim.Optimizer]
@@ -59,12 +63,15 @@ class Method:
         self,
         optimizer: torch.optim.Optimizer,
         model: nn.Module,
-        loss: Callable[[], torch.Tensor],
+        loss: Losses,
         attention_mask: torch.Tensor | None = None,
+        reducer: Reducer = LOCAL,
     ) -> float | None:
-        """One training step on the batch `loss` evaluates; its loss (None: skipped)."""
+        """One training step on the batch `loss` evaluates (or on its micro-batches, a
+        sequence); its loss (None: skipped). reducer: for first-order steps, how the
+        gradients combine over processes (a zeroth-order optimizer holds its own)."""
         step = zeroth_order_step if self.zeroth_order else first_order_step
-        return step(optimizer, model, loss, attention_mask)
+        return step(optimizer, model, loss, attention_mask, reducer)
 
     def defaults(self) -> Any:
         return self.options()

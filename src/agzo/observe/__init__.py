@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from agzo.observe.accumulate import AccumulatedCapture
 from agzo.observe.subspaces import (
     ActivationCapture,
     CapturedSubspaces,
@@ -33,6 +34,7 @@ class Observer(Protocol):
 
 
 __all__ = [
+    "AccumulatedCapture",
     "ActivationCapture",
     "CapturedSubspaces",
     "Observer",

@@ -345,8 +345,8 @@ class ActivationCapture:
                 summary = self._shared_summary(x)
                 if summary is None:
                     h = self._real_rows(x.detach(), feature_dims=1)
-                    if h.shape[0] == 0:
-                        return
+                    if h.shape[0] == 0 and not self.reducer.collective:
+                        return  # (across processes, the others' rows still need this sum)
                     # A layer run twice in one pass starts its second iteration afresh.
                     call = self._calls.get(tensor.index, 0)
                     self._calls[tensor.index] = call + 1

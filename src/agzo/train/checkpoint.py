@@ -258,14 +258,19 @@ class Checkpoint:
         return TrainConfig.from_file(self.path / CONFIG)
 
     def restore(
-        self, run_dir: Path, named_params: NamedParams, optimizer: torch.optim.Optimizer
+        self,
+        run_dir: Path,
+        named_params: NamedParams,
+        optimizer: torch.optim.Optimizer,
+        write: bool = True,
     ) -> None:
-        """Load weights, optimizer state and RNG state; put back this checkpoint's best."""
+        """Load weights, optimizer state and RNG state; put back this checkpoint's best
+        (unless `write` is False: a process other than the one that writes)."""
         load_weights(named_params, self.weights_path)
         optimizer.load_state_dict(torch.load(self.path / OPTIMIZER, weights_only=True))
         _restore_rng(torch.load(self.path / RNG, weights_only=True))
         best = self.path / BEST_LINK
-        if best.is_file() and self.state.best_step is not None:
+        if write and best.is_file() and self.state.best_step is not None:
             (run_dir / BEST_DIR).mkdir(parents=True, exist_ok=True)
             link_or_copy(best, best_weights_path(run_dir))
             meta = {"step": self.state.best_step, "dev": self.state.best_metrics}

@@ -33,6 +33,7 @@ import yaml
 
 from agzo.methods import Method, all_option_names, get_method, method_names
 from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
+from agzo.placement import OFFLOAD_CHOICES, PlacementError, parse_device_map
 from agzo.tasks import available_tasks, get_task
 from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
 from agzo.train.layers import parse_layers
@@ -105,6 +106,10 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "max_new_tokens",
         "demonstrations",
+        "sync_check_every",
+        "dist_timeout",
+        "device_map",
+        "offload",
     }
 )
 
@@ -196,7 +201,14 @@ class TrainConfig:
         metadata=_help("loss | metric: minimize the loss, or minus the task metric (ZO only)"),
     )
     steps: int = field(default=DEFAULT_STEPS, metadata=_help("optimizer steps"))
-    batch_size: int = field(default=DEFAULT_BATCH_SIZE, metadata=_help("examples per step"))
+    batch_size: int = field(
+        default=DEFAULT_BATCH_SIZE,
+        metadata=_help("examples per step (over all processes: each takes an equal share)"),
+    )
+    accumulate: int = field(
+        default=1,
+        metadata=_help("micro-batches per step: the step's loss over N passes (less memory)"),
+    )
     seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
     # Data sizes and evaluation.
     # None: the task's own sizes (MeZO protocol 1000/500/1000, dev 100 for CB and COPA,
@@ -224,10 +236,25 @@ class TrainConfig:
     )
     dtype: str = field(default="float32", metadata=_help(" | ".join(DTYPES)))
     device: str = field(default="auto", metadata=_help("auto | cpu | cuda | cuda:N | mps"))
+    device_map: str | None = field(
+        default=None,
+        metadata=_help("split the model over devices: auto | balanced | sequential | JSON map"),
+    )
+    offload: str | None = field(
+        default=None, metadata=_help("cpu: weights in host memory, computed on the GPU")
+    )
     checkpoint_every: int = field(
         default=DEFAULT_CHECKPOINT_EVERY, metadata=_help("checkpoint every N steps (0: end only)")
     )
     keep_checkpoints: int = field(default=1, metadata=_help("how many checkpoints to keep"))
+    sync_check_every: int = field(
+        default=50,
+        metadata=_help("several processes: compare their weights every N steps (0: at the end)"),
+    )
+    dist_timeout: float = field(
+        default=600.0,
+        metadata=_help("several processes: seconds one waits for the others before stopping"),
+    )
     tensorboard: bool = field(default=True, metadata=_help("TensorBoard logs when installed"))
     select: str = field(
         default="dev-accuracy",
@@ -368,7 +395,7 @@ class TrainConfig:
         if self.lora_rank is None and (self.lora_alpha or self.lora_targets):
             raise ConfigError("--lora-alpha and --lora-targets need --lora-rank")
         positive = ("steps", "batch_size", "n_train", "n_dev", "n_test", "eval_every")
-        for name in (*positive, "eval_batch_size", "keep_checkpoints"):
+        for name in (*positive, "eval_batch_size", "keep_checkpoints", "accumulate"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -379,6 +406,18 @@ class TrainConfig:
         if self.checkpoint_every < 0:
             raise ConfigError(
                 f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
+            )
+        if self.sync_check_every < 0:
+            raise ConfigError(
+                f"sync_check_every must be >= 0 (0: only at the end), got {self.sync_check_every}"
+            )
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        if self.batch_size % self.accumulate:
+            raise ConfigError(
+                f"--accumulate {self.accumulate} does not divide --batch-size "
+                f"{self.batch_size}: every micro-batch holds the same number of examples; "
+                f"choose an --accumulate that divides {self.batch_size}"
             )
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
@@ -400,6 +439,11 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}"
             )
+        if self.objective == "metric" and self.accumulate > 1:
+            raise ConfigError(
+                "--objective metric scores each process's whole share of the batch at once; "
+                "it does not take --accumulate"
+            )
         if self.objective == "metric" and not self.zeroth_order:
             raise ConfigError(
                 f"--objective metric needs a zeroth-order optimizer: the metric has no "
@@ -409,11 +453,33 @@ class TrainConfig:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.demonstrations < 0:
             raise ConfigError(f"demonstrations must be >= 0, got {self.demonstrations}")
+        self._check_placement()
         if self.device != "auto":
             try:
                 torch.device(self.device)
             except (RuntimeError, ValueError) as error:
                 raise ConfigError(f"invalid device {self.device!r}: {error}") from error
+
+    def _check_placement(self) -> None:
+        if self.device_map is not None and self.offload is not None:
+            raise ConfigError(
+                "--device-map and --offload both place the model: pass one (a map may put "
+                "modules on 'cpu' itself)"
+            )
+        if (self.device_map is not None or self.offload is not None) and self.device != "auto":
+            raise ConfigError(
+                f"--device {self.device} and --{'device-map' if self.device_map else 'offload'}"
+                " both say where the model runs: leave --device at auto"
+            )
+        try:
+            if self.device_map is not None:
+                parse_device_map(self.device_map)
+            if self.offload is not None and self.offload not in OFFLOAD_CHOICES:
+                raise ConfigError(
+                    f"unknown offload {self.offload!r}; choose {', '.join(OFFLOAD_CHOICES)}"
+                )
+        except PlacementError as error:
+            raise ConfigError(str(error)) from error
 
     # -- resolved values ------------------------------------------------------------------
     @property

@@ -37,7 +37,8 @@ class MetricsLogger:
 
     records: earlier records (from a checkpoint) to start from. start_step: the step the
     run resumes after; TensorBoard events past it, left by the interrupted run, are purged.
-    tensorboard: write TensorBoard scalars if the package is importable.
+    tensorboard: write TensorBoard scalars if the package is importable. files: False keeps
+    the records in memory only (the processes of a run other than process 0).
     """
 
     def __init__(
@@ -48,14 +49,20 @@ class MetricsLogger:
         metric: str = "accuracy",
         tensorboard: bool = True,
         start_step: int = 0,
+        files: bool = True,
     ) -> None:
         self.run_dir = run_dir
         self.metric = metric
         self.records: list[dict[str, Any]] = [dict(r) for r in records]
+        self.files = files
+        self._file: IO[str] | None = None
+        self._tb: Any = None
+        if not files:
+            return
         path = run_dir / METRICS_JSONL
         path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
-        self._file: IO[str] | None = path.open("a", encoding="utf-8")
-        self._tb: Any = (
+        self._file = path.open("a", encoding="utf-8")
+        self._tb = (
             _tensorboard_writer(run_dir / TENSORBOARD_DIR, start_step) if tensorboard else None
         )
 
@@ -77,6 +84,8 @@ class MetricsLogger:
 
     def write_summaries(self) -> None:
         """metrics.csv and plot.png from all records so far (both replaced atomically)."""
+        if not self.files:
+            return
         write_csv(self.records, self.run_dir / METRICS_CSV)
         plot_metrics(self.records, self.run_dir / PLOT, metric=self.metric)
         if self._tb is not None:

@@ -7,6 +7,9 @@ best weights on disk, checkpoints every `checkpoint_every` steps, and at the end
 weights evaluated on test and saved. Everything that could go wrong with the user's input
 (data, model path, output directory, resume) fails before the first step, with a message
 (rundir.py and setup.py); summary.py writes what the run reports.
+
+Launched as several processes (`torchrun`), each step's batch is split among them and
+only process 0 evaluates and writes (processes.py).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.models import save_model
+from agzo.placement import HostOffload, check_offload
 from agzo.seeding import derive_seed
 from agzo.tasks import Example
 from agzo.train.checkpoint import (
+    CHECKPOINTS_DIR,
     CONFIG,
     WEIGHTS,
     TrainState,
@@ -47,7 +52,11 @@ from agzo.train.logging import MetricsLogger
 from agzo.train.metric_objective import metric_objective
 from agzo.train.objective import CandidateScorer, EncodedBatch, SequenceBatch
 from agzo.train.optimizers import build_optimizer, trainable_parameters
-from agzo.train.report import split_report, write_split_outputs
+from agzo.train.processes import Processes, check_batch_split, join, split_evenly
+from agzo.train.report import (
+    split_report,
+    write_split_outputs,
+)
 from agzo.train.rundir import (
     CONFUSION_PLOT,
     GENERATIONS,
@@ -58,7 +67,7 @@ from agzo.train.rundir import (
     RunDirPlan,
     plan_run_dir,
 )
-from agzo.train.setup import Printer, RunData, load_run, user_errors
+from agzo.train.setup import Printer, RunData, load_run, resolve_device, user_errors
 from agzo.train.summary import comparison, describe, run_summary, write_json
 
 __all__ = [
@@ -131,22 +140,39 @@ def train(
     # half-made run directory behind that blocks the corrected command.
     plan = plan_run_dir(config, resume=resume, overwrite=overwrite)
     config = config.replace(output_dir=str(plan.path))
-    say = Printer(quiet)
-    run = load_run(config, say)  # resolves what needs the model (--layers dominant)
-    with user_errors("optimizer"):
-        optimizer = build_optimizer(run.model, run.config)
-    session = _Session.start(run, optimizer, plan, say)
+    processes = join(resolve_device(config.device), config.dist_timeout)
     try:
-        session.evaluate_zero_shot()
-        session.open_progress_bar()  # here, so that its ETA counts training steps only
-        for step in range(session.state.step + 1, config.steps + 1):
-            loss = session.step(step)
-            if on_step is not None:
-                on_step(step, loss)
-        session.close()
-    except KeyboardInterrupt:
-        raise session.interrupted() from None
-    return session.finish()
+        check_batch_split(config.batch_size, processes.world, config.accumulate)
+        if processes.distributed and (config.device_map or config.offload):
+            raise TrainError(
+                "--device-map / --offload place one model over several devices, for one "
+                "process: launch a single process with them (data parallel runs hold a "
+                "whole model per process)"
+            )
+        # Every process has checked the directory before process 0 writes into it.
+        processes.barrier("waiting for every process to start")
+        say = Printer(quiet or not processes.is_main)
+        run = load_run(config, say)  # resolves what needs the model (--layers dominant)
+        with user_errors("optimizer"):
+            optimizer = build_optimizer(run.model, run.config, processes.reducer)
+        named = trainable_parameters(run.model, run.config)
+        # After the optimizer: it holds the host tensors the offload hooks copy from.
+        offload = check_offload(config.offload)
+        host = HostOffload(run.model, offload) if offload is not None else None
+        session = _Session.start(run, optimizer, plan, say, processes, named, host)
+        try:
+            session.evaluate_zero_shot()
+            session.open_progress_bar()  # here, so that its ETA counts training steps only
+            for step in range(session.state.step + 1, config.steps + 1):
+                loss = session.step(step)
+                if on_step is not None:
+                    on_step(step, loss)
+            session.close()
+        except KeyboardInterrupt:
+            raise session.interrupted() from None
+        return session.finish()
+    finally:
+        processes.close()
 
 
 class _Session:
@@ -162,8 +188,12 @@ class _Session:
         log: MetricsLogger,
         say: Printer,
         saved_at: int,
+        processes: Processes,
+        host: HostOffload | None = None,
     ) -> None:
         self.run, self.optimizer, self.run_dir = run, optimizer, run_dir
+        self.processes = processes
+        self.host = host
         self.config = run.config
         self.named = named
         self.state, self.log, self.say = state, log, say
@@ -174,26 +204,39 @@ class _Session:
 
     @classmethod
     def start(
-        cls, run: RunData, optimizer: torch.optim.Optimizer, plan: RunDirPlan, say: Printer
+        cls,
+        run: RunData,
+        optimizer: torch.optim.Optimizer,
+        plan: RunDirPlan,
+        say: Printer,
+        processes: Processes,
+        named: list[tuple[str, torch.nn.Parameter]],
+        host: HostOffload | None = None,
     ) -> _Session:
-        """Create the run directory (the first write), restore a checkpoint if resuming."""
-        named = trainable_parameters(run.model, run.config)
-        plan.prepare()
-        run.config.save(plan.path / CONFIG)
+        """Create the run directory (the first write), restore a checkpoint if resuming.
+
+        A checkpoint holds no per-process state (every process holds the whole model and
+        optimizer state), so a run resumes with any number of processes. `named`: the
+        trained tensors (taken before any offload, which leaves placeholders behind)."""
+        if processes.is_main:
+            plan.prepare()
+            run.config.save(plan.path / CONFIG)
         state, checkpoint = TrainState(), plan.checkpoint
         if checkpoint is not None:
-            checkpoint.restore(plan.path, named, optimizer)
+            checkpoint.restore(plan.path, named, optimizer, write=processes.is_main)
             state = checkpoint.state
             say(f"resumed from {checkpoint.path} (step {state.step} of {run.config.steps})")
+        processes.broadcast_weights([p for _, p in named])
         log = MetricsLogger(
             plan.path,
             checkpoint.metrics if checkpoint is not None else (),
             metric=run.metric,
             tensorboard=run.config.tensorboard,
             start_step=state.step,
+            files=processes.is_main,
         )
         saved_at = state.step if checkpoint is not None else -1
-        return cls(run, optimizer, named, plan.path, state, log, say, saved_at)
+        return cls(run, optimizer, named, plan.path, state, log, say, saved_at, processes, host)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate_dev(self, step: int) -> dict[str, float]:
@@ -212,6 +255,8 @@ class _Session:
     def evaluate_zero_shot(self) -> None:
         """Dev and test before any step (skipped on resume: the checkpoint holds them)."""
         run, state = self.run, self.state
+        if not self.processes.is_main:
+            return
         if "dev" not in state.zero_shot:
             state.zero_shot["dev"] = self.evaluate_dev(0)
         if "test" not in state.zero_shot:
@@ -254,13 +299,24 @@ class _Session:
 
     def step(self, step: int) -> float | None:
         """One optimizer step, then the evaluation and checkpoint due at it."""
-        config, run, state = self.config, self.run, self.state
+        config, run, state, processes = self.config, self.run, self.state, self.processes
         examples = sample_minibatch(run.splits.train, config.seed, step, config.batch_size)
+        mine = processes.take(examples)
+        losses: Callable[[], torch.Tensor] | list[Callable[[], torch.Tensor]]
         if config.objective == "metric":  # minus accuracy or F1: zeroth-order only
-            loss_fn, mask = metric_objective(run, examples)
+            losses, mask = metric_objective(run, mine)
         else:
-            batch = training_batch(run.scorer, examples)
-            loss_fn, mask = functools.partial(run.scorer.loss, batch), batch.attention_mask
+            batches = [
+                training_batch(run.scorer, part)
+                for part in (
+                    split_evenly(mine, config.accumulate, i) for i in range(config.accumulate)
+                )
+            ]
+            parts: list[Callable[[], torch.Tensor]] = [
+                functools.partial(run.scorer.loss, batch) for batch in batches
+            ]
+            losses = parts[0] if len(parts) == 1 else parts
+            mask = batches[0].attention_mask if len(batches) == 1 else None
         started = time.perf_counter()
         # The step is logged inside the deferred block: when Ctrl-C arrives during it, the
         # checkpoint saved next holds this step, and so must metrics.jsonl, CSV and plot.
@@ -268,8 +324,9 @@ class _Session:
             loss = config.method.train_step(
                 self.optimizer,
                 run.model,
-                loss_fn,
+                losses,
                 mask,
+                processes.reducer,
             )
             state.step = step
             elapsed = time.perf_counter() - started
@@ -278,7 +335,12 @@ class _Session:
             self.log.log("train", step, loss=loss, step_time=elapsed)
         if loss is not None:
             self.recent.append(loss)
-        if self.eval_due(step):
+        if processes.distributed and (
+            step == config.steps
+            or (config.sync_check_every and step % config.sync_check_every == 0)
+        ):
+            processes.check_in_sync(self.named, step)
+        if self.eval_due(step) and processes.is_main:
             self.evaluate_dev(step)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             self.save()
@@ -289,6 +351,8 @@ class _Session:
         return loss
 
     def save(self) -> Path:
+        if not self.processes.is_main:  # process 0 writes the checkpoint
+            return self.run_dir / CHECKPOINTS_DIR
         path = save_checkpoint(
             self.run_dir,
             named_params=self.named,
@@ -323,7 +387,10 @@ class _Session:
     # -- the end --------------------------------------------------------------------------
     def finish(self) -> TrainResult:
         """Test the weights that `save` names (best on dev, step 0 = zero-shot included,
-        unless "final"), save them as model/ and write the summary."""
+        unless "final"), save them as model/ and write the summary. Process 0 does this
+        and hands the results to the others."""
+        if not self.processes.is_main:
+            return self._results_of_main()
         run, state, run_dir, config = self.run, self.state, self.run_dir, self.config
         best_step = state.best_step if state.best_step is not None else state.step
         tested_step = state.step if config.save_mode == "final" else best_step
@@ -335,6 +402,8 @@ class _Session:
         report = split_report(test, predictions)
         write_split_outputs(run_dir, test, predictions, report, "test", **_output_names())
         self.say(report.table())
+        if self.host is not None:
+            self.host.close()  # the modules hold their weights again, to be saved
         if config.save_mode != "none":
             # The weights are already on disk (best/ or the last checkpoint): model/ links
             # them instead of holding a third copy.
@@ -356,6 +425,9 @@ class _Session:
             final_weights=config.save_mode == "final",
         )
         print(f"{line}\ntest {report.baseline_line()}")
+        shared = {"zero_shot": state.zero_shot, "final": final, "best_step": best_step}
+        shared |= {"tested_step": tested_step, "summary": summary}
+        self.processes.broadcast(shared, "sharing the results")
         return TrainResult(
             output_dir=run_dir,
             metric=run.metric,
@@ -366,6 +438,23 @@ class _Session:
             summary=summary,
             model=run.model,
             tokenizer=run.tokenizer,
+        )
+
+    def _results_of_main(self) -> TrainResult:
+        """Another process's end: process 0's results, and the weights it tested."""
+        shared = self.processes.broadcast(None, "receiving the results")
+        if shared["tested_step"] != self.state.step:
+            load_weights(self.named, best_weights_path(self.run_dir))
+        return TrainResult(
+            output_dir=self.run_dir,
+            metric=self.run.metric,
+            zero_shot=shared["zero_shot"],
+            final=shared["final"],
+            best_step=shared["best_step"],
+            steps=self.state.step,
+            summary=shared["summary"],
+            model=self.run.model,
+            tokenizer=self.run.tokenizer,
         )
 
 

@@ -250,7 +250,10 @@ class CandidateScorer:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        param = next(self.model.parameters())
+        # Offloaded weights wait on "meta" between forwards: inputs then start on the
+        # host, and accelerate's hooks move them to the device that computes.
+        return torch.device("cpu") if param.is_meta else param.device
 
     def batch(self, examples: Sequence[Example], *, fast: bool = True) -> EncodedBatch:
         """Tensors for `examples` on the model's device.

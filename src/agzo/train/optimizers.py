@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from agzo.core.reduce import LOCAL, Reducer
 from agzo.methods import BuildContext
 from agzo.params import select_named_parameters
 from agzo.train.config import TrainConfig
@@ -23,15 +24,19 @@ def trainable_parameters(model: nn.Module, config: TrainConfig) -> list[tuple[st
     return select_named_parameters(model, config.include, config.exclude)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, reducer: Reducer = LOCAL
+) -> torch.optim.Optimizer:
     """The optimizer `config.optimizer` names, with the config's settings for it.
 
     First-order optimizers set requires_grad=False on the parameters they do not train.
+    reducer: how a step's quantities combine over processes (see `agzo.train.processes`).
     """
     context = BuildContext(
         weight_decay=config.weight_decay,
         seed=config.seed,
         include=config.include,
         exclude=config.exclude,
+        reducer=reducer,
     )
     return config.method.build(model, config.method_options, context)

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from agzo.adapters.lora import is_adapter_dir, wrap_with_lora
 from agzo.adapters.zo_act import is_zo_act_dir
 from agzo.models import check_model_spec, load_model
+from agzo.placement import PlacementError, check_offload, parse_device_map, place
 from agzo.quantize import quantize_linear_weights
 from agzo.tasks import (
     Example,
@@ -177,6 +178,8 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
     """Data first (seconds, and most input errors show there), then the model."""
     say = say or Printer(quiet=True)
     device = resolve_device(config.device)
+    with user_errors("offload"):
+        check_offload(config.offload)
     check_model_spec(config.model)  # a mistyped path fails before anything is read
     with user_errors("task"):
         task = make_task(config)
@@ -204,9 +207,16 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         say(f"note: {note}")
     for warning in splits.warnings:  # printed even when quiet: they qualify every result
         tqdm.write(f"agzo: warning: {warning}", sys.stderr)
-    say(f"loading model {config.model} ({config.dtype}, {device})")
+    where = f"device map {config.device_map}" if config.device_map else str(device)
+    say(f"loading model {config.model} ({config.dtype}, {where})")
     with user_errors(f"model {config.model!r}"), _progress_bars(enabled=not say.quiet):
-        model, tokenizer = load_model(config.model, config.dtype, device)
+        # A device map or offload places the model after loading it on the host.
+        placed = config.device_map is not None or config.offload is not None
+        model, tokenizer = load_model(config.model, config.dtype, "cpu" if placed else device)
+    if config.device_map is not None:
+        with user_errors("device map"):
+            placement = place(model, parse_device_map(config.device_map))
+        say(f"placed: {describe_placement(placement)}")
     if config.quantize is not None and not is_zo_act_dir(config.model):
         with user_errors("--quantize"):
             quantize_linear_weights(model, config.quantize)
@@ -285,6 +295,14 @@ def is_generative(splits: TaskSplits) -> bool:
     return kinds == {True}
 
 
+def describe_placement(mapping: dict[str, Any]) -> str:
+    """How many top-level modules went to each device."""
+    counts: dict[str, int] = {}
+    for device in mapping.values():
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    return ", ".join(f"{n} module(s) on {device}" for device, n in counts.items())
+
+
 def multi_token_note(examples: Sequence[Example], scorer: CandidateScorer) -> str:
     """Which candidates span several tokens, and what that does to their scores."""
     lengths: dict[str, int] = {}
@@ -309,7 +327,7 @@ def user_errors(what: str) -> Iterator[None]:
         yield
     except (TrainError, TaskDataError, CheckpointError):
         raise
-    except ValueError as error:
+    except (ValueError, PlacementError) as error:
         raise TrainError(f"{what}: {error}") from error
 
 
