@@ -16,10 +16,9 @@ import argparse
 
 import torch
 
-from agzo.methods import methods
 from agzo.probes.dispatch import OperatorCounter
 from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
-from agzo.probes.speed import make_step
+from agzo.probes.speed import make_step, side_by_side_methods
 
 
 def main() -> None:
@@ -27,8 +26,9 @@ def main() -> None:
     parser.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=64)
-    shared = [m.name for m in methods() if m.prepare is None]  # ZO-Act changes the model
-    parser.add_argument("--methods", default=",".join(shared), help="comma-separated")
+    parser.add_argument(
+        "--methods", default=",".join(side_by_side_methods()), help="comma-separated"
+    )
     parser.add_argument("--top", type=int, default=0, help="also list the N commonest ops")
     args = parser.parse_args()
 

@@ -18,10 +18,9 @@ import sys
 
 import torch
 
-from agzo.methods import method_names
 from agzo.probes.memory import format_memory, measure_memory
 from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
-from agzo.probes.speed import format_speed, measure_speed
+from agzo.probes.speed import format_speed, measure_speed, side_by_side_methods
 
 
 def main() -> None:
@@ -41,7 +40,7 @@ def main() -> None:
     speed = measure_speed(
         model,
         closure,
-        method_names(zeroth_order=True),
+        side_by_side_methods(zeroth_order_only=True),
         args.rounds,
         on_round=lambda i, t: print(
             f"round {i}: " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()), file=sys.stderr
@@ -58,8 +57,8 @@ def main() -> None:
     result: dict[str, object] = {"args": vars(args), "speed": speed.to_dict()}
     if not args.skip_memory:
         rows = measure_memory(
-            args.shape, [args.batch], [args.seq], ("inference", *method_names(zeroth_order=True)),
-            args.dtype, args.device,
+            args.shape, [args.batch], [args.seq],
+            ("inference", *side_by_side_methods(zeroth_order_only=True)), args.dtype, args.device,
         )  # fmt: skip
         print()
         print(format_memory(rows))

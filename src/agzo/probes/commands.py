@@ -234,14 +234,12 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
 
 
 def _speed(args: argparse.Namespace, out: Path) -> int:
-    from agzo.methods import methods as all_methods
     from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
-    from agzo.probes.speed import format_speed, measure_speed
+    from agzo.probes.speed import format_speed, measure_speed, side_by_side_methods
 
     _check_choices("shape", [args.shape], list(SHAPES))
-    # Methods that add layers to the model (ZO-Act) are measured alone, not beside others.
-    shared = [m.name for m in all_methods() if m.prepare is None]
-    methods = _csv(args.methods) if args.methods else shared
+    shared = side_by_side_methods()
+    methods = _csv(args.methods) if args.methods else list(shared)
     _check_choices("method", methods, shared)
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)

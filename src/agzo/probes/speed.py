@@ -36,6 +36,16 @@ REGIONS = (
 Step = Callable[[], object]
 
 
+def side_by_side_methods(zeroth_order_only: bool = False) -> tuple[str, ...]:
+    """The registered methods that can be measured side by side on one shared model: all
+    but those that add layers to it (ZO-Act), which are measured in a process of their own."""
+    return tuple(
+        m.name
+        for m in all_methods()
+        if m.prepare is None and (m.zeroth_order or not zeroth_order_only)
+    )
+
+
 def probe_optimizer(
     method: str,
     model: nn.Module,
@@ -131,7 +141,7 @@ def measure_speed(
     """Median step time of each method (default: every zeroth-order one) and of two plain
     forwards, interleaved per round."""
     if methods is None:
-        methods = tuple(m.name for m in all_methods() if m.zeroth_order and m.prepare is None)
+        methods = side_by_side_methods(zeroth_order_only=True)
     device = next(model.parameters()).device
 
     def two_forwards() -> None:
