@@ -305,6 +305,9 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
     def _apply(self, estimate: Estimate) -> None:
         """Restore and update every tensor. The weights sit at W₀ + offset·Δ (last probe)."""
         offset, last = estimate.offset, estimate.last.directions
+        if not self.transform.stateless:
+            for tensor in self.tensors:
+                self.transform.reserve(tensor.param.data, self.state[tensor.param])
         done: set[int] = set()
         together: dict[tuple[float, float], list[int]] = {}
         try:

@@ -127,6 +127,15 @@ class Transform(ABC):
     def reads_group_weight_decay(self) -> bool:
         return False
 
+    def reserve(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        """Allocate this tensor's dense state before any update of the step runs, so that
+        every tensor's long-lived state is allocated before the short-lived row chunks
+        (interleaved, the freed chunks stay in the C heap between state blocks)."""
+
+
+def _reserved_dtype(param: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(param.dtype, torch.float32)
+
 
 class Chain(Transform):
     """Transforms applied one after another (the empty chain is plain SGD)."""
@@ -161,6 +170,10 @@ class Chain(Transform):
 
     def reads_group_weight_decay(self) -> bool:
         return any(t.reads_group_weight_decay() for t in self.transforms)
+
+    def reserve(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        for transform in self.transforms:
+            transform.reserve(param, state)
 
 
 class WeightDecay(Transform):
@@ -273,6 +286,12 @@ class Momentum(Transform):
     def describe(self) -> list[Any]:
         return ["momentum", self.beta, self.dampening, self.coordinates]
 
+    def reserve(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        # In the probe's coordinates the state's shape is known only at the first update.
+        if self.coordinates == "weights" and "momentum_buffer" not in state:
+            # β·0 + g = g exactly: the first step is the same as with no buffer at all.
+            state["momentum_buffer"] = torch.zeros_like(param, dtype=_reserved_dtype(param))
+
     def __call__(
         self, update: Update, param: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
     ) -> Update:
@@ -352,6 +371,11 @@ class Adam(Transform):
 
     def describe(self) -> list[Any]:
         return ["adam", list(self.betas), self.eps, self.coordinates]
+
+    def reserve(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        if self.coordinates == "weights" and "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(param, dtype=_reserved_dtype(param))
+            state["exp_avg_sq"] = torch.zeros_like(param, dtype=_reserved_dtype(param))
 
     def _moments(self, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, grad: torch.Tensor) -> None:
         beta1, beta2 = self.betas
