@@ -130,7 +130,9 @@ class Transform(ABC):
     def reserve(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         """Allocate this tensor's dense state before any update of the step runs, so that
         every tensor's long-lived state is allocated before the short-lived row chunks
-        (interleaved, the freed chunks stay in the C heap between state blocks)."""
+        (interleaved, the freed chunks stay in the C heap between state blocks). Stateless
+        transforms have nothing to allocate."""
+        return None
 
 
 def _reserved_dtype(param: torch.Tensor) -> torch.dtype:
