@@ -1,22 +1,38 @@
-"""A fair comparison of optimizers on one task: learning rate chosen on dev, then more seeds.
+"""The study runner: per method, a learning rate chosen on dev inside its grid, then more seeds.
 
     python benchmarks/method_sweep.py --task sst2 --data-dir ../shared/data/sst2 \
-        --grid agzo=1e-5,3e-5,1e-4 --grid mezo=1e-7,1e-6 --grid fo-adamw=1e-5 \
-        --seeds 0,1 --steps 1000 --jobs 4 --out runs/sweep-sst2 -- --device cuda
+        --arm agzo-paper="--optimizer agzo --preset paper" \
+        --grid agzo=3e-6,1e-5,3e-5 --grid agzo-paper=3e-6,1e-5,3e-5 --grid mezo=1e-6,3e-6,1e-5 \
+        --seeds 0,1,2 --icl 32 --steps 1000 --jobs 2 --out runs/study-sst2 -- --device cpu
 
-1. Every learning rate in each method's grid is trained with the first seed.
-2. Per method, the rate whose best-on-dev weights score highest on dev wins (ties: lower dev
-   loss, then the smaller rate). Test accuracy plays no part in the choice.
-3. The winning rate is trained with the remaining seeds (each seed also redraws the splits
-   and the data order, as `agzo train --seed` does).
+An *arm* is one way of training: a registered method (`--grid mezo=...` needs no `--arm`) or a
+variant named by `--arm LABEL="agzo train flags"` (a preset, `--layers dominant`,
+`--lora-rank 8`, `--energy 0.9`, ...). Per arm:
 
-Each run is a plain `agzo train` in its own process (up to --jobs at once) writing to
-OUT/<method>-lr<rate>-seed<seed>, its output to OUT/logs/. A run whose summary.json exists
-is not run again, so an interrupted sweep continues where it stopped (and runs made
-elsewhere can be copied in); --report-only writes the tables from the finished runs alone.
-Arguments after `--` go to every run.
-Writes OUT/sweep.json, OUT/sweep.md (grid and seed tables) and OUT/sweep.png (training loss
-and dev accuracy of each method's chosen rate, mean over seeds).
+1. Every rate of its grid is trained with the first seed.
+2. The rate whose best-on-dev weights score best on dev wins: the highest dev metric (ties: the
+   lower dev loss), or the lowest dev loss for runs that keep checkpoints by dev loss
+   (`--select dev-loss`). Test figures play no part in the choice.
+3. A winner at an edge of the grid widens it: one more rate beyond that edge (x / --widen or
+   x * --widen), up to --max-widen rates per side. The table marks a winner left at an edge.
+4. The winning rate is trained with the remaining seeds (each seed also redraws the splits and
+   the data order, as `agzo train --seed` does).
+
+With --icl K the in-context baseline (`agzo eval --demonstrations K`) is evaluated for every
+seed; the zero-shot row comes from the runs themselves.
+
+Each run is a plain `agzo train` in its own process, up to --jobs at once, each limited to
+--threads threads (several multi-threaded runs on few cores slow each other several-fold).
+Runs go to OUT/<arm>-lr<rate>-seed<seed>, their output to OUT/logs/. Nothing is lost to an
+interruption: a finished run (summary.json written) is never run again, an unfinished one
+resumes from its last checkpoint (`agzo train --resume`), so the same command continues a
+study where it stopped. Checkpoints of finished runs are deleted (--keep-checkpoints keeps
+them). --report-only writes the tables from the finished runs alone. Arguments after `--`
+go to every run.
+
+Writes, after every finished run: OUT/sweep.md (search and seed tables), OUT/sweep.json (what
+benchmarks/study_table.py reads to put several tasks in one table) and OUT/sweep.png
+(training loss and dev metric of each arm's chosen rate, mean over seeds).
 """
 
 from __future__ import annotations
@@ -25,6 +41,9 @@ import argparse
 import json
 import math
 import os
+import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,18 +53,102 @@ from pathlib import Path
 from typing import Any
 
 from agzo.methods import get_method
+from agzo.train.checkpoint import list_checkpoints
 from compare_runs import smoothed  # the sibling script: one smoothing for both reports
+
+
+# --------------------------------------------------------------------------- what to run
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of training: a label, the registered method it runs, its extra train flags."""
+
+    label: str
+    method: str
+    flags: tuple[str, ...]
+
+    def train_flags(self) -> list[str]:
+        if "--optimizer" in self.flags:
+            return list(self.flags)
+        return ["--optimizer", self.method, *self.flags]
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    method: str
+    arm: str
     lr: float
     seed: int
 
     @property
     def name(self) -> str:
-        return f"{self.method}-lr{self.lr:g}-seed{self.seed}"
+        return f"{self.arm}-lr{self.lr:g}-seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class IclSpec:
+    """The in-context baseline of one seed (its splits and its drawn demonstrations)."""
+
+    demonstrations: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"icl-k{self.demonstrations}-seed{self.seed}"
+
+
+def parse_arms(items: list[str]) -> dict[str, Arm]:
+    arms: dict[str, Arm] = {}
+    for item in items:
+        label, _, flags_text = item.partition("=")
+        label = label.strip()
+        if not label or "/" in label or label in arms:
+            raise SystemExit(f"--arm {item!r}: needs a new label without '/' before '='")
+        flags = tuple(shlex.split(flags_text))
+        method_name = label
+        if "--optimizer" in flags:
+            at = flags.index("--optimizer")
+            if at + 1 == len(flags):
+                raise SystemExit(f"--arm {item!r}: --optimizer needs a method name")
+            method_name = flags[at + 1]
+        try:
+            method = get_method(method_name).name  # any registered method (`agzo methods`)
+        except ValueError as error:
+            raise SystemExit(
+                f"--arm {item!r}: {error} (name the method with --optimizer in its flags)"
+            ) from None
+        if "--lr" in flags or "--seed" in flags:
+            raise SystemExit(f"--arm {item!r}: the sweep sets --lr and --seed itself")
+        arms[label] = Arm(label, method, flags)
+    return arms
+
+
+def parse_grid(items: list[str], arms: dict[str, Arm]) -> dict[str, list[float]]:
+    """LABEL=LR[,LR...] per arm; a registered method's name is an arm of its own."""
+    grid: dict[str, list[float]] = {}
+    for item in items:
+        label, _, rates = item.partition("=")
+        if not rates:
+            raise SystemExit(f"--grid expects ARM=LR[,LR...], got {item!r}")
+        if label not in arms:
+            try:
+                arms[label] = Arm(label, get_method(label).name, ())
+            except ValueError as error:
+                raise SystemExit(f"--grid {item!r}: {error}, and no --arm {label}") from None
+        try:
+            values = sorted({float(r) for r in rates.split(",") if r.strip()})
+        except ValueError:
+            raise SystemExit(f"--grid {item!r}: learning rates must be numbers") from None
+        if not values or min(values) <= 0:
+            raise SystemExit(f"--grid {item!r}: learning rates must be positive")
+        grid[label] = values
+    missing = [label for label in arms if label not in grid]
+    if missing:
+        raise SystemExit(f"--arm {', '.join(missing)} has no --grid of learning rates")
+    return grid
+
+
+# --------------------------------------------------------------------------- results
 
 
 @dataclass
@@ -74,75 +177,71 @@ class RunResult:
     def test_metric(self) -> float:
         return self._final("test", self.metric)
 
-    def selection_key(self) -> tuple[float, float, float]:
-        # NaN (a diverged run) sorts last.
+    @property
+    def select(self) -> str:
+        return str(self.summary.get("config", {}).get("select", "dev-accuracy"))
+
+    def selection_key(self) -> tuple[float, float]:
+        """Smaller is better; a diverged run (NaN) sorts last."""
         metric = self.dev_metric if not math.isnan(self.dev_metric) else -math.inf
         loss = self.dev_loss if not math.isnan(self.dev_loss) else math.inf
-        return (-metric, loss, self.spec.lr)
+        if self.select == "dev-loss":
+            return (loss, -metric)
+        return (-metric, loss)
 
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.records if r["split"] == split and key in r]
         return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
 
 
-def parse_grid(items: list[str]) -> dict[str, list[float]]:
-    grid: dict[str, list[float]] = {}
-    for item in items:
-        method, _, rates = item.partition("=")
-        if not rates:
-            raise SystemExit(f"--grid expects METHOD=LR[,LR...], got {item!r}")
-        try:
-            name = get_method(method).name  # any registered method (`agzo methods`)
-        except ValueError as error:
-            raise SystemExit(f"--grid {item!r}: {error}") from None
-        try:
-            grid[name] = [float(r) for r in rates.split(",") if r.strip()]
-        except ValueError:
-            raise SystemExit(f"--grid {item!r}: learning rates must be numbers") from None
-    return grid
+FAILED = (math.inf, math.inf)  # the selection key of a run that ended without a summary
 
 
-def run_all(specs: list[RunSpec], args: argparse.Namespace) -> dict[RunSpec, RunResult]:
-    """Run every spec not already finished, at most args.jobs at a time."""
-    pending = [s for s in specs if not (args.out / s.name / "summary.json").exists()]
-    if args.report_only:
-        pending = []
-    running: dict[RunSpec, tuple[subprocess.Popen[bytes], float]] = {}
-    done = len(specs) - len(pending)
-    if done:
-        print(f"{done} of {len(specs)} runs already finished", flush=True)
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            spec = pending.pop(0)
-            running[spec] = (launch(spec, args), time.time())
-        time.sleep(2)
-        for spec, (process, started) in list(running.items()):
-            code = process.poll()
-            if code is None:
-                continue
-            del running[spec]
-            took = time.time() - started
-            status = "done" if code == 0 else f"FAILED (exit {code}; see logs/{spec.name}.txt)"
-            print(f"  {spec.name}: {status} in {took:.0f}s", flush=True)
-    return {s: r for s in specs if (r := read_result(s, args.out)) is not None}
+@dataclass(frozen=True)
+class ArmPlan:
+    """Where an arm's search stands, replayed from the finished runs."""
+
+    rates: list[float]  # the grid with its widenings, ascending
+    waiting_for: list[float]  # rates of seed 0 not finished yet
+    chosen: float | None  # None while searching
+    at_edge: bool  # the winner is an edge rate that may not be widened further
 
 
-def launch(spec: RunSpec, args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    run_dir = args.out / spec.name
-    command = [
-        sys.executable, "-m", "agzo", "train",
-        "--model", args.model, "--task", args.task,
-        "--optimizer", spec.method, "--lr", f"{spec.lr:g}", "--seed", str(spec.seed),
-        "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-        "--eval-examples", "none", "--checkpoint-every", "0", "--no-tensorboard",
-        "--output-dir", str(run_dir), "--overwrite",  # an unfinished run starts over
-        *(["--data-dir", args.data_dir] if args.data_dir else []),
-        *args.train_args,
-    ]  # fmt: skip
-    (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(args.out / "logs" / f"{spec.name}.txt", "wb")  # noqa: SIM115 (closed when the process is reaped)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+def plan_arm(
+    initial: list[float],
+    keys: dict[float, tuple[float, float]],
+    widen: float,
+    max_widen: int,
+) -> ArmPlan:
+    """Replay the search: widen past a winning edge until the winner is interior.
+
+    `keys` holds the selection key of every finished first-seed run (FAILED for a run that
+    ended without a result). Deterministic in its inputs, so a resumed study takes the same
+    decisions as an uninterrupted one.
+    """
+    rates = sorted(initial)
+    added = {"low": 0, "high": 0}
+    while True:
+        waiting = [lr for lr in rates if lr not in keys]
+        if waiting:
+            return ArmPlan(rates, waiting, None, False)
+        best = min(rates, key=lambda lr: (keys[lr], lr))
+        if keys[best] == FAILED:  # nothing finished: no direction to widen in
+            return ArmPlan(rates, [], None, False)
+        if len(rates) > 1 and best == rates[0] and added["low"] < max_widen:
+            rates.insert(0, _rounded(rates[0] / widen))
+            added["low"] += 1
+        elif len(rates) > 1 and best == rates[-1] and added["high"] < max_widen:
+            rates.append(_rounded(rates[-1] * widen))
+            added["high"] += 1
+        else:
+            edge = len(rates) == 1 or best in (rates[0], rates[-1])
+            return ArmPlan(rates, [], best, edge)
+
+
+def _rounded(lr: float) -> float:
+    # 1e-5 * 3 is 3.0000000000000004e-05: keep run names and tables readable.
+    return float(f"{lr:.3g}")
 
 
 def read_result(spec: RunSpec, out: Path) -> RunResult | None:
@@ -153,6 +252,183 @@ def read_result(spec: RunSpec, out: Path) -> RunResult | None:
     except (OSError, ValueError):
         return None
     return RunResult(spec, summary, [json.loads(line) for line in lines if line.strip()])
+
+
+def read_icl(spec: IclSpec, out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / f"{spec.name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+
+@dataclass
+class Study:
+    args: argparse.Namespace
+    arms: dict[str, Arm]
+    grid: dict[str, list[float]]
+    seeds: list[int]
+    failed: set[str] = field(default_factory=set)  # names that ended without a result
+
+    @property
+    def out(self) -> Path:
+        return Path(self.args.out)
+
+    def results(self) -> dict[RunSpec, RunResult]:
+        found = {}
+        for label in self.grid:
+            for run_dir in self.out.glob(f"{label}-lr*-seed*"):
+                spec = _spec_from_name(label, run_dir.name)
+                if spec is not None and (result := read_result(spec, self.out)) is not None:
+                    found[spec] = result
+        return found
+
+    def plans(self, results: dict[RunSpec, RunResult]) -> dict[str, ArmPlan]:
+        plans = {}
+        for label, initial in self.grid.items():
+            keys = {s.lr: r.selection_key() for s, r in results.items()
+                    if s.arm == label and s.seed == self.seeds[0]}  # fmt: skip
+            for name in self.failed:
+                spec = _spec_from_name(label, name)
+                if spec is not None and spec.seed == self.seeds[0]:
+                    keys.setdefault(spec.lr, FAILED)
+            plans[label] = plan_arm(initial, keys, self.args.widen, self.args.max_widen)
+        return plans
+
+    def wanted(self, results: dict[RunSpec, RunResult]) -> list[RunSpec | IclSpec]:
+        """Every run the study still needs now, the most informative first: the arms take
+        turns, each searching from the middle of its grid outwards, then its seeds."""
+        queues = []
+        for label, plan in self.plans(results).items():
+            queue: list[RunSpec | IclSpec] = [
+                RunSpec(label, lr, self.seeds[0]) for lr in _middle_out(plan.waiting_for)
+            ]
+            if plan.chosen is not None:
+                queue += [RunSpec(label, plan.chosen, seed) for seed in self.seeds[1:]]
+            queues.append([s for s in queue if s not in results and s.name not in self.failed])
+        order: list[RunSpec | IclSpec] = []
+        for turn in range(max((len(q) for q in queues), default=0)):
+            order += [q[turn] for q in queues if turn < len(q)]
+        if self.args.icl:
+            for seed in self.seeds:
+                spec = IclSpec(self.args.icl, seed)
+                if read_icl(spec, self.out) is None and spec.name not in self.failed:
+                    order.append(spec)
+        return order
+
+    def run(self) -> None:
+        """Launch what is wanted, up to --jobs at once, until nothing more is wanted."""
+        running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        try:
+            while True:
+                results = self.results()
+                pending = [s for s in self.wanted(results) if s.name not in running]
+                while pending and len(running) < self.args.jobs:
+                    spec = pending.pop(0)
+                    print(f"  start {spec.name}{self._resuming(spec)}", flush=True)
+                    running[spec.name] = (self.launch(spec), time.time())
+                if not running:
+                    return
+                time.sleep(5)
+                for name, (process, started) in list(running.items()):
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    del running[name]
+                    took = time.time() - started
+                    if code == 0:
+                        print(f"  {name}: done in {took:.0f}s", flush=True)
+                        self.prune(name)
+                    else:
+                        self.failed.add(name)
+                        print(f"  {name}: FAILED (exit {code}; see logs/{name}.txt)", flush=True)
+                    self.write_report()
+        finally:
+            for process, _ in running.values():  # an interrupted study: runs resume later
+                process.send_signal(signal.SIGINT)
+            for process, _ in running.values():
+                process.wait()
+
+    def _resuming(self, spec: RunSpec | IclSpec) -> str:
+        if isinstance(spec, RunSpec) and list_checkpoints(self.out / spec.name):
+            return " (resuming from its last checkpoint)"
+        return ""
+
+    def launch(self, spec: RunSpec | IclSpec) -> subprocess.Popen[bytes]:
+        args = self.args
+        data = ["--data-dir", args.data_dir] if args.data_dir else []
+        if isinstance(spec, IclSpec):
+            command = [
+                sys.executable, "-m", "agzo", "eval", "--model", args.model,
+                "--task", args.task, *data, "--seed", str(spec.seed), "--split", "test",
+                "--demonstrations", str(spec.demonstrations),
+                "--output", str(self.out / f"{spec.name}.json"), *args.eval_args,
+            ]  # fmt: skip
+        else:
+            run_dir = self.out / spec.name
+            command = [
+                sys.executable, "-m", "agzo", "train",
+                "--model", args.model, "--task", args.task, *data,
+                *self.arms[spec.arm].train_flags(),
+                "--lr", f"{spec.lr:g}", "--seed", str(spec.seed),
+                "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+                "--eval-examples", "none", "--checkpoint-every", str(args.checkpoint_every),
+                "--save", "none", "--no-tensorboard", "--output-dir", str(run_dir),
+                # A run cut off is continued, never shortened or started over.
+                "--resume" if list_checkpoints(run_dir) else "--overwrite",
+                *args.train_args,
+            ]  # fmt: skip
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        log = open(self.out / "logs" / f"{spec.name}.txt", "ab")  # noqa: SIM115 (closed when the process is reaped)
+        log.write(f"$ {shlex.join(command)}\n".encode())
+        log.flush()
+        threads = str(args.threads)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads,
+               "MKL_NUM_THREADS": threads}  # fmt: skip
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def prune(self, name: str) -> None:
+        checkpoints = self.out / name / "checkpoints"
+        if not self.args.keep_checkpoints and checkpoints.is_dir():
+            shutil.rmtree(checkpoints)
+
+    def write_report(self) -> dict[str, Any]:
+        results = self.results()
+        plans = self.plans(results)
+        icl = {s: r for seed in self.seeds
+               if (r := read_icl(s := IclSpec(self.args.icl, seed), self.out)) is not None} \
+            if self.args.icl else {}  # fmt: skip
+        if not results:
+            return {}
+        data = study_json(self, results, plans, icl)
+        (self.out / "sweep.json").write_text(json.dumps(data, indent=2) + "\n")
+        text = report(self, results, plans, icl)
+        (self.out / "sweep.md").write_text(text + "\n")
+        plot(self, plans, results, self.out / "sweep.png")
+        return {"text": text}
+
+
+def _spec_from_name(label: str, name: str) -> RunSpec | None:
+    prefix = f"{label}-lr"
+    if not name.startswith(prefix) or "-seed" not in name:
+        return None
+    rate, _, seed = name[len(prefix):].rpartition("-seed")
+    try:
+        return RunSpec(label, float(rate), int(seed))
+    except ValueError:
+        return None
+
+
+def _middle_out(rates: list[float]) -> list[float]:
+    """[1, 2, 3, 4, 5] -> [3, 2, 4, 1, 5]: the likeliest winner first."""
+    rates = sorted(rates)
+    middle = (len(rates) - 1) // 2
+    return sorted(rates, key=lambda lr: (abs(rates.index(lr) - middle), lr))
+
+
+# --------------------------------------------------------------------------- reports
 
 
 def mean_std(values: list[float]) -> str:
@@ -170,80 +446,128 @@ def first_step_reaching(result: RunResult, target_loss: float) -> int | None:
     return None
 
 
-def _demonstrations(result: RunResult) -> int:
-    return int(result.summary.get("config", {}).get("demonstrations", 0))
+def chosen_runs(study: Study, plan: ArmPlan, label: str,
+                results: dict[RunSpec, RunResult]) -> list[RunResult]:  # fmt: skip
+    if plan.chosen is None:
+        return []
+    return [results[s] for seed in study.seeds
+            if (s := RunSpec(label, plan.chosen, seed)) in results]  # fmt: skip
 
 
-def report(
-    grid: dict[str, list[float]],
-    seeds: list[int],
-    chosen: dict[str, float],
-    results: dict[RunSpec, RunResult],
-    args: argparse.Namespace,
-) -> str:
-    any_result = next(iter(results.values()))
-    metric = any_result.metric
-    zero_shot = any_result.summary["zero_shot"]
+def icl_metric(report: dict[str, Any], metric: str) -> float:
+    """The test metric from `agzo eval --output`'s JSON."""
+    return float(report["results"]["test"][metric])
+
+
+def zero_shot_by_seed(results: dict[RunSpec, RunResult], metric: str) -> dict[int, float]:
+    return {s.seed: float(r.summary["zero_shot"]["test"][metric]) for s, r in results.items()}
+
+
+def study_json(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, ArmPlan],
+               icl: dict[IclSpec, dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    metric = next(iter(results.values())).metric
+    arms = {}
+    for label, plan in plans.items():
+        runs = chosen_runs(study, plan, label, results)
+        arms[label] = {
+            "method": study.arms[label].method,
+            "flags": list(study.arms[label].train_flags()),
+            "rates": plan.rates,
+            "chosen": plan.chosen,
+            "at_edge": plan.at_edge,
+            "test": {str(r.spec.seed): r.test_metric for r in runs},
+            "dev": {str(r.spec.seed): r.dev_metric for r in runs},
+        }
+    return {
+        "task": study.args.task,
+        "model": study.args.model,
+        "metric": metric,
+        "steps": study.args.steps,
+        "seeds": study.seeds,
+        "command": shlex.join(sys.argv),
+        "zero_shot": {str(k): v for k, v in zero_shot_by_seed(results, metric).items()},
+        "icl": {str(s.seed): icl_metric(r, metric) for s, r in icl.items()},
+        "icl_demonstrations": study.args.icl,
+        "arms": arms,
+        "runs": {s.name: {"arm": s.arm, "lr": s.lr, "seed": s.seed,
+                          "dev": r.dev_metric, "dev_loss": r.dev_loss, "test": r.test_metric,
+                          "best_step": r.summary["best_step"],
+                          "seconds_per_step": r.summary["seconds_per_step"]}
+                 for s, r in sorted(results.items(), key=lambda x: x[0].name)},
+    }  # fmt: skip
+
+
+def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, ArmPlan],
+           icl: dict[IclSpec, dict[str, Any]]) -> str:  # fmt: skip
+    args, seeds = study.args, study.seeds
+    metric = next(iter(results.values())).metric
+    zero_shot = zero_shot_by_seed(results, metric)
     lines = [
         f"task {args.task}, model {args.model}, {args.steps} steps, seeds {seeds}",
-        f"zero-shot (seed {seeds[0]} splits): dev {metric} "
-        f"{zero_shot['dev'][metric]:.3f}, test {metric} {zero_shot['test'][metric]:.3f}"
-        + (
-            f"; in-context ({_demonstrations(any_result)} demonstrations) test {metric} "
-            f"{zero_shot['icl_test'][metric]:.3f}"
-            if "icl_test" in zero_shot
-            else ""
-        ),
         "",
         f"Learning-rate search, seed {seeds[0]} (best-on-dev weights):",
         "",
-        f"| method | lr | dev {metric} | dev loss | test {metric} | best step |",
-        "|---|---|---|---|---|---|",
+        f"| arm | lr | dev {metric} | dev loss | test {metric} | best step | s/step |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for method, rates in grid.items():
-        for lr in rates:
-            result = results.get(RunSpec(method, lr, seeds[0]))
+    for label, plan in plans.items():
+        for lr in plan.rates:
+            spec = RunSpec(label, lr, seeds[0])
+            result = results.get(spec)
             if result is None:
-                lines.append(f"| {method} | {lr:g} | failed | | | |")
+                status = "failed" if spec.name in study.failed else "not finished"
+                lines.append(f"| {label} | {lr:g} | {status} | | | | |")
                 continue
-            mark = " **(chosen)**" if chosen.get(method) == lr else ""
+            mark = " **(chosen)**" if plan.chosen == lr else ""
             lines.append(
-                f"| {method} | {lr:g}{mark} | {result.dev_metric:.3f} | {result.dev_loss:.3f} | "
-                f"{result.test_metric:.3f} | {result.summary['best_step']} |"
+                f"| {label} | {lr:g}{mark} | {result.dev_metric:.3f} | {result.dev_loss:.3f} | "
+                f"{result.test_metric:.3f} | {result.summary['best_step']} | "
+                f"{result.summary['seconds_per_step']:.2f} |"
             )
     lines += [
         "",
-        f"Chosen rate, every seed (test {metric} of the best-on-dev weights):",
+        f"Every seed (test {metric}; the arms at their chosen rate, best-on-dev weights):",
         "",
-        f"| method | lr | test {metric} per seed | mean ± sd | dev {metric} mean |",
+        f"| arm | lr | test {metric} per seed | mean ± sd | dev {metric} mean |",
         "|---|---|---|---|---|",
+        f"| zero-shot | | {', '.join(f'{zero_shot[s]:.3f}' for s in seeds if s in zero_shot)} "
+        f"| {mean_std([zero_shot[s] for s in seeds if s in zero_shot])} | |",
     ]
-    for method, lr in chosen.items():
-        runs = [results[s] for seed in seeds if (s := RunSpec(method, lr, seed)) in results]
+    if icl:
+        values = [icl_metric(r, metric) for r in icl.values()]
+        lines.append(f"| in-context, k = {args.icl} | | {', '.join(f'{v:.3f}' for v in values)} "
+                     f"| {mean_std(values)} | |")  # fmt: skip
+    for label, plan in plans.items():
+        if plan.chosen is None:
+            lines.append(f"| {label} | searching | | | |")
+            continue
+        runs = chosen_runs(study, plan, label, results)
         tests = [r.test_metric for r in runs]
+        edge = " (grid edge)" if plan.at_edge else ""
         lines.append(
-            f"| {method} | {lr:g} | {', '.join(f'{t:.3f}' for t in tests)} | {mean_std(tests)} | "
-            f"{mean_std([r.dev_metric for r in runs])} |"
+            f"| {label} | {plan.chosen:g}{edge} | {', '.join(f'{t:.3f}' for t in tests)} | "
+            f"{mean_std(tests)} | {mean_std([r.dev_metric for r in runs])} |"
         )
-    if "mezo" in chosen:
+    mezo = next((label for label, arm in study.arms.items() if arm.method == "mezo"), None)
+    if mezo is not None and plans[mezo].chosen is not None:
         lines += ["", "Steps to reach MeZO's final dev loss (same seed, dev evaluated every "
                   f"{args.eval_every} steps):", ""]  # fmt: skip
         for seed in seeds:
-            mezo = results.get(RunSpec("mezo", chosen["mezo"], seed))
-            if mezo is None:
+            reference = results.get(RunSpec(mezo, plans[mezo].chosen, seed))
+            if reference is None:
                 continue
-            target = mezo.curve("dev", "loss")[1][-1]
+            target = reference.curve("dev", "loss")[1][-1]
             reached = []
-            for method, lr in chosen.items():
-                result = results.get(RunSpec(method, lr, seed))
+            for label, plan in plans.items():
+                result = results.get(RunSpec(label, plan.chosen or math.nan, seed))
                 if result is not None:
                     step = first_step_reaching(result, target)
-                    reached.append(f"{method} {'never' if step is None else step}")
+                    reached.append(f"{label} {'never' if step is None else step}")
             lines.append(f"- seed {seed} (MeZO final dev loss {target:.3f}): " + ", ".join(reached))
     return "\n".join(lines)
 
 
-def plot(chosen: dict[str, float], seeds: list[int], results: dict[RunSpec, RunResult],
+def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResult],
          path: Path, window: int = 25) -> None:  # fmt: skip
     import matplotlib
 
@@ -251,82 +575,96 @@ def plot(chosen: dict[str, float], seeds: list[int], results: dict[RunSpec, RunR
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    for method, lr in chosen.items():
-        runs = [results[s] for seed in seeds if (s := RunSpec(method, lr, seed)) in results]
+    metric = "accuracy"
+    for label, plan in plans.items():
+        runs = chosen_runs(study, plan, label, results)
         if not runs:
             continue
-        label = f"{method} lr {lr:g} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        metric = runs[0].metric
+        lr = plan.chosen
+        label_text = f"{label} lr {lr:g} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
         steps, _ = runs[0].curve("train", "loss")
         losses = [smoothed(r.curve("train", "loss")[1], window) for r in runs]
         n = min(len(x) for x in losses)
-        top.plot(steps[:n], [statistics.fmean(x[i] for x in losses) for i in range(n)], label=label)
-        dev_steps, _ = runs[0].curve("dev", runs[0].metric)
-        devs = [r.curve("dev", r.metric)[1] for r in runs]
+        top.plot(steps[:n], [statistics.fmean(x[i] for x in losses) for i in range(n)],
+                 label=label_text)  # fmt: skip
+        dev_steps, _ = runs[0].curve("dev", metric)
+        devs = [r.curve("dev", metric)[1] for r in runs]
         m = min(len(x) for x in devs)
         mean = [statistics.fmean(x[i] for x in devs) for i in range(m)]
-        (line,) = bottom.plot(dev_steps[:m], mean, marker="o", label=label)
+        (line,) = bottom.plot(dev_steps[:m], mean, marker="o", label=label_text)
         low = [min(x[i] for x in devs) for i in range(m)]
         high = [max(x[i] for x in devs) for i in range(m)]
         bottom.fill_between(dev_steps[:m], low, high, color=line.get_color(), alpha=0.15)
     top.set_ylabel(f"training loss (mean of last {window})")
-    bottom.set_ylabel("dev accuracy (mean; band: min-max)")
+    bottom.set_ylabel(f"dev {metric} (mean; band: min-max)")
     bottom.set_xlabel("step (0 = zero-shot)")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main() -> None:
+# --------------------------------------------------------------------------- command line
+
+
+def hold_lock(out: Path) -> None:
+    """One runner per study folder: two would start the same runs twice."""
+    lock = out / ".runner.pid"
+    try:
+        pid = int(lock.read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        lock.write_text(str(os.getpid()))
+        return
+    if pid != os.getpid():
+        raise SystemExit(f"another runner (pid {pid}) is working in {out}; stop it first")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--grid", action="append", required=True, help="METHOD=LR[,LR...]")
-    parser.add_argument("--seeds", default="0,1", help="first seed searches, the rest repeat")
+    parser.add_argument("--arm", action="append", default=[], help='LABEL="train flags"')
+    parser.add_argument("--grid", action="append", required=True, help="ARM=LR[,LR...]")
+    parser.add_argument("--widen", type=float, default=3.0, help="factor past an edge [3]")
+    parser.add_argument("--max-widen", type=int, default=3, help="added rates per side [3]")
+    parser.add_argument("--seeds", default="0,1,2", help="the first seed searches [0,1,2]")
+    parser.add_argument("--icl", type=int, default=0, help="in-context baseline: K demos")
+    parser.add_argument("--eval-args", default="", help="extra flags for the in-context eval")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--keep-checkpoints", action="store_true", help="after a run ends")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per run [cores // jobs]")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--report-only", action="store_true", help="run nothing; report")
     parser.add_argument("train_args", nargs="*", help="after --: passed to every agzo train")
-    args = parser.parse_args()
-    grid = parse_grid(args.grid)
+    args = parser.parse_args(argv)
+    if args.widen <= 1 or args.max_widen < 0 or args.jobs < 1:
+        raise SystemExit("--widen must exceed 1, --max-widen be >= 0, --jobs be >= 1")
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    args.eval_args = shlex.split(args.eval_args)
+    arms = parse_arms(args.arm)
+    grid = parse_grid(args.grid, arms)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-
-    search = [RunSpec(m, lr, seeds[0]) for m, rates in grid.items() for lr in rates]
-    print(f"learning-rate search: {len(search)} runs, seed {seeds[0]}", flush=True)
-    results = run_all(search, args)
-    chosen = {}
-    for method, rates in grid.items():
-        finished = [results[s] for lr in rates if (s := RunSpec(method, lr, seeds[0])) in results]
-        if finished:
-            chosen[method] = min(finished, key=RunResult.selection_key).spec.lr
-    print("chosen: " + ", ".join(f"{m} {lr:g}" for m, lr in chosen.items()), flush=True)
-    repeats = [RunSpec(m, lr, seed) for m, lr in chosen.items() for seed in seeds[1:]]
-    if repeats:
-        print(f"repeats: {len(repeats)} runs, seeds {seeds[1:]}", flush=True)
-        results.update(run_all(repeats, args))
-    if not results:
-        raise SystemExit("no run finished; see the logs under " + str(args.out))
-
-    text = report(grid, seeds, chosen, results, args)
-    (args.out / "sweep.md").write_text(text + "\n")
-    (args.out / "sweep.json").write_text(json.dumps({
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "chosen": chosen,
-        "runs": {s.name: {"method": s.method, "lr": s.lr, "seed": s.seed,
-                          "dev": r.dev_metric, "dev_loss": r.dev_loss, "test": r.test_metric,
-                          "best_step": r.summary["best_step"],
-                          "seconds_per_step": r.summary["seconds_per_step"],
-                          "zero_shot": r.summary["zero_shot"]}
-                 for s, r in results.items()},
-    }, indent=2))  # fmt: skip
-    plot(chosen, seeds, results, args.out / "sweep.png")
-    print(text)
+    study = Study(args, arms, grid, seeds)
+    if not args.report_only:
+        hold_lock(args.out)
+        print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
+              f"{args.threads} thread(s) each", flush=True)  # fmt: skip
+        study.run()
+    written = study.write_report()
+    if not written:
+        raise SystemExit(f"no run finished; see the logs under {args.out}")
+    print(written["text"])
     print(f"\nwrote {args.out}/sweep.md, sweep.json, sweep.png")
 
 

@@ -1,0 +1,149 @@
+"""The study runner (benchmarks/method_sweep.py): grid widening, resumption, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import method_sweep  # noqa: E402
+from method_sweep import FAILED, plan_arm  # noqa: E402
+
+
+def keys_from_accuracy(accuracy: dict[float, float]) -> dict[float, tuple[float, float]]:
+    return {lr: (-acc, 0.5) for lr, acc in accuracy.items()}
+
+
+def test_an_interior_winner_is_chosen_without_widening() -> None:
+    plan = plan_arm([1e-6, 1e-5, 1e-4], keys_from_accuracy({1e-6: 0.6, 1e-5: 0.8, 1e-4: 0.7}),
+                    widen=10, max_widen=3)  # fmt: skip
+    assert plan.chosen == 1e-5 and not plan.at_edge and plan.rates == [1e-6, 1e-5, 1e-4]
+
+
+def test_a_winner_at_the_top_widens_upwards_until_it_is_interior() -> None:
+    grid = [1e-6, 1e-5]
+    first = plan_arm(grid, keys_from_accuracy({1e-6: 0.6, 1e-5: 0.7}), widen=10, max_widen=3)
+    assert first.chosen is None and first.waiting_for == [1e-4]
+    second = plan_arm(grid, keys_from_accuracy({1e-6: 0.6, 1e-5: 0.7, 1e-4: 0.65}),
+                      widen=10, max_widen=3)  # fmt: skip
+    assert second.chosen == 1e-5 and not second.at_edge and second.rates == [1e-6, 1e-5, 1e-4]
+
+
+def test_a_winner_at_the_bottom_widens_downwards() -> None:
+    plan = plan_arm([1e-5, 3e-5], keys_from_accuracy({1e-5: 0.8, 3e-5: 0.5}), widen=3,
+                    max_widen=3)  # fmt: skip
+    assert plan.waiting_for == [3.33e-6]  # rounded to three digits
+
+
+def test_widening_stops_at_its_limit_and_says_the_winner_is_at_an_edge() -> None:
+    accuracy = {1e-5: 0.5, 1e-4: 0.6, 1e-3: 0.7, 1e-2: 0.8}
+    plan = plan_arm([1e-5, 1e-4], keys_from_accuracy(accuracy), widen=10, max_widen=2)
+    assert plan.chosen == 1e-2 and plan.at_edge and plan.rates == [1e-5, 1e-4, 1e-3, 1e-2]
+
+
+def test_a_diverged_or_failed_rate_beyond_the_winner_makes_it_interior() -> None:
+    keys = keys_from_accuracy({1e-6: 0.6, 1e-5: 0.7})
+    keys[1e-4] = FAILED
+    plan = plan_arm([1e-6, 1e-5], keys, widen=10, max_widen=3)
+    assert plan.chosen == 1e-5 and not plan.at_edge
+    nothing = plan_arm([1e-6], {1e-6: FAILED}, widen=10, max_widen=3)
+    assert nothing.chosen is None and nothing.waiting_for == []
+
+
+def test_runs_that_keep_the_lowest_dev_loss_choose_their_rate_by_dev_loss() -> None:
+    def result(accuracy: float, loss: float, select: str) -> method_sweep.RunResult:
+        summary = {"metric": "accuracy", "config": {"select": select},
+                   "final": {"dev": {"accuracy": accuracy, "loss": loss}}}  # fmt: skip
+        return method_sweep.RunResult(method_sweep.RunSpec("mezo", 1e-6, 0), summary, [])
+
+    assert result(0.8, 0.6, "dev-loss").selection_key() > result(0.7, 0.5, "dev-loss").selection_key()
+    assert result(0.8, 0.6, "dev-accuracy").selection_key() < result(0.7, 0.5, "dev-accuracy").selection_key()
+    assert result(math.nan, math.nan, "dev-accuracy").selection_key() == (math.inf, math.inf)
+
+
+def test_middle_out_order_and_run_names_round_trip() -> None:
+    assert method_sweep._middle_out([1.0, 2.0, 3.0, 4.0, 5.0]) == [3.0, 2.0, 4.0, 1.0, 5.0]
+    spec = method_sweep.RunSpec("agzo-paper", 3e-6, 2)
+    assert method_sweep._spec_from_name("agzo-paper", spec.name) == spec
+    assert method_sweep._spec_from_name("agzo", spec.name) is None
+
+
+def test_bad_arms_and_grids_exit_with_one_line() -> None:
+    with pytest.raises(SystemExit, match="unknown"):
+        method_sweep.parse_grid(["nosuch=1e-5"], {})
+    with pytest.raises(SystemExit, match="sets --lr"):
+        method_sweep.parse_arms(["x=--optimizer agzo --lr 1e-3"])
+    with pytest.raises(SystemExit, match="no --grid"):
+        method_sweep.parse_grid(["mezo=1e-6"], method_sweep.parse_arms(["p=--optimizer agzo"]))
+    with pytest.raises(SystemExit, match="positive"):
+        method_sweep.parse_grid(["mezo=0"], {})
+
+
+def test_a_study_widens_chooses_repeats_and_resumes(model_dir: Path, tmp_path: Path) -> None:
+    """Two arms on a tiny model: one a registered method, one a variant; then the same
+    command again runs nothing more, and a run cut off before its end is resumed."""
+    data = tmp_path / "reviews.jsonl"
+    rows = [{"text": f"review {i}: it was {('bad', 'good')[i % 2]}", "label": i % 2}
+            for i in range(40)]  # fmt: skip
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "study"
+    argv = [
+        "--task", "custom", "--model", str(model_dir), "--steps", "4", "--eval-every", "2",
+        "--checkpoint-every", "2", "--seeds", "0,1", "--jobs", "2", "--threads", "1",
+        "--arm", "agzo-r2=--optimizer agzo --rank 2", "--grid", "agzo-r2=1e-3",
+        "--grid", "mezo=1e-4,1e-3", "--max-widen", "1", "--out", str(out), "--",
+        "--data-file", str(data), "--template", "{text}. Overall it was",
+        "--labels", "0=bad,1=good", "--batch-size", "4", "--n-train", "24", "--n-dev", "8",
+        "--n-test", "8",
+    ]  # fmt: skip
+    method_sweep.main(argv)
+    study = json.loads((out / "sweep.json").read_text())
+    mezo = study["arms"]["mezo"]
+    # A two-rate grid always has its winner at an edge: one widening on that side follows.
+    assert len(mezo["rates"]) == 3 and mezo["chosen"] in mezo["rates"]
+    assert set(mezo["test"]) == {"0", "1"} and set(study["arms"]["agzo-r2"]["test"]) == {"0", "1"}
+    assert study["arms"]["agzo-r2"]["flags"][:2] == ["--optimizer", "agzo"]
+    assert set(study["zero_shot"]) == {"0", "1"}
+    log = (out / "logs" / "agzo-r2-lr0.001-seed0.txt").read_text()
+    assert "--rank 2" in log and "--lr 0.001" in log and "--seed 0" in log
+    assert not (out / "agzo-r2-lr0.001-seed0" / "checkpoints").exists()  # pruned when done
+    assert "| zero-shot |" in (out / "sweep.md").read_text() and (out / "sweep.png").is_file()
+
+    # The same command again runs nothing: every run it wants has finished.
+    before = sorted(p.name for p in (out / "logs").iterdir())
+    method_sweep.main(argv)
+    assert sorted(p.name for p in (out / "logs").iterdir()) == before
+    assert "--overwrite" in log and "--resume" not in log
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "reviews.jsonl"
+    rows = [{"text": f"review {i}: it was {('bad', 'good')[i % 2]}", "label": i % 2}
+            for i in range(40)]  # fmt: skip
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "study"
+    argv = [
+        "--task", "custom", "--model", str(model_dir), "--steps", "4", "--eval-every", "2",
+        "--checkpoint-every", "2", "--seeds", "0", "--jobs", "1", "--threads", "1",
+        "--grid", "agzo=1e-3", "--keep-checkpoints", "--out", str(out), "--",
+        "--data-file", str(data), "--template", "{text}. Overall it was",
+        "--labels", "0=bad,1=good", "--batch-size", "4", "--n-train", "24", "--n-dev", "8",
+        "--n-test", "8",
+    ]  # fmt: skip
+    method_sweep.main(argv)
+    run = out / "agzo-lr0.001-seed0"
+    first = json.loads((run / "summary.json").read_text())
+    # As if cut off after its last checkpoint and before its summary was written.
+    (run / "summary.json").unlink()
+    method_sweep.main(argv)
+    log = (out / "logs" / f"{run.name}.txt").read_text().splitlines()
+    commands = [line for line in log if line.startswith("$ ")]
+    assert len(commands) == 2 and "--overwrite" in commands[0] and "--resume" in commands[1]
+    again = json.loads((run / "summary.json").read_text())
+    assert again["steps"] == first["steps"] == 4
+    assert again["final"]["test"] == first["final"]["test"]
