@@ -56,7 +56,6 @@ from agzo.methods import get_method
 from agzo.train.checkpoint import list_checkpoints
 from compare_runs import smoothed  # the sibling script: one smoothing for both reports
 
-
 # --------------------------------------------------------------------------- what to run
 
 
@@ -414,7 +413,7 @@ def _spec_from_name(label: str, name: str) -> RunSpec | None:
     prefix = f"{label}-lr"
     if not name.startswith(prefix) or "-seed" not in name:
         return None
-    rate, _, seed = name[len(prefix):].rpartition("-seed")
+    rate, _, seed = name[len(prefix) :].rpartition("-seed")
     try:
         return RunSpec(label, float(rate), int(seed))
     except ValueError:

@@ -61,8 +61,10 @@ def test_runs_that_keep_the_lowest_dev_loss_choose_their_rate_by_dev_loss() -> N
                    "final": {"dev": {"accuracy": accuracy, "loss": loss}}}  # fmt: skip
         return method_sweep.RunResult(method_sweep.RunSpec("mezo", 1e-6, 0), summary, [])
 
-    assert result(0.8, 0.6, "dev-loss").selection_key() > result(0.7, 0.5, "dev-loss").selection_key()
-    assert result(0.8, 0.6, "dev-accuracy").selection_key() < result(0.7, 0.5, "dev-accuracy").selection_key()
+    for select, higher_accuracy_wins in (("dev-loss", False), ("dev-accuracy", True)):
+        accurate, low_loss = result(0.8, 0.6, select), result(0.7, 0.5, select)
+        wins = accurate.selection_key() < low_loss.selection_key()
+        assert wins == higher_accuracy_wins, select
     assert result(math.nan, math.nan, "dev-accuracy").selection_key() == (math.inf, math.inf)
 
 
