@@ -149,3 +149,22 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(model_dir: Path, tmp_pat
     again = json.loads((run / "summary.json").read_text())
     assert again["steps"] == first["steps"] == 4
     assert again["final"]["test"] == first["final"]["test"]
+
+
+def test_the_paper_style_table_puts_tasks_side_by_side(tmp_path: Path) -> None:
+    import study_table
+
+    def study(task: str, arms: dict[str, dict]) -> dict:
+        return {"task": task, "metric": "accuracy", "steps": 1000, "command": "x",
+                "zero_shot": {"0": 0.5, "1": 0.7}, "icl": {"0": 0.6}, "icl_demonstrations": 32,
+                "arms": arms}  # fmt: skip
+
+    done = {"chosen": 1e-5, "at_edge": True, "test": {"0": 0.8, "1": 0.9}}
+    searching = {"chosen": None, "at_edge": False, "test": {}}
+    text = study_table.table([study("sst2", {"agzo": done, "mezo": searching}),
+                              study("rte", {"agzo": searching})])  # fmt: skip
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert "60.0 ± 14.1 (2)" in rows["zero-shot"]
+    assert "60.0 (1) [k = 32]" in rows["in-context"]
+    assert "85.0 ± 7.1 (2) [lr 1e-05, edge]" in rows["agzo"] and "searching" in rows["agzo"]
+    assert rows["mezo"].endswith("| searching | not run |")
