@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -63,6 +64,24 @@ def test_memory_probe_runs_each_config_in_its_own_process() -> None:
     assert [r.config for r in rows] == ["inference", "agzo", "fo-adamw"]
     assert rows[0].ratio_to_inference == 1.0
     assert all(r.peak_bytes is not None and r.peak_bytes > 10 * 2**20 for r in rows)
+
+
+def test_memory_probe_workers_run_with_the_chosen_malloc_threshold(monkeypatch) -> None:
+    """glibc reads MALLOC_MMAP_THRESHOLD_ at start-up: the worker's environment carries it."""
+    import agzo.probes.memory as memory
+
+    seen = []
+
+    def fake_run(cmd, **kwargs):  # noqa: ANN001, ANN202
+        seen.append(kwargs["env"].get("MALLOC_MMAP_THRESHOLD_"))
+        return subprocess.CompletedProcess(cmd, 0, '{"peak_bytes": 1, "state_bytes": 0}', "")
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setattr(memory.subprocess, "run", fake_run)
+    measure_memory("tiny", [2], [16], ("inference",))
+    measure_memory("tiny", [2], [16], ("inference",), malloc_mmap_threshold=2**20)
+    measure_memory("tiny", [2], [16], ("inference",), malloc_mmap_threshold=None)
+    assert seen == [str(128 * 1024), str(2**20), None]
 
 
 def test_memory_probe_records_a_failed_config_and_goes_on() -> None:

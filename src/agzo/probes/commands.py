@@ -73,6 +73,13 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     memory.add_argument("--dtype", default="float32")
     memory.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    memory.add_argument(
+        "--malloc-mmap-threshold",
+        type=_threshold,
+        default=128 * 1024,
+        help="CPU: bytes at which glibc maps a block of its own (freed at once), or "
+        "'adaptive' for glibc's growing default [131072]",
+    )
     memory.add_argument("--output", default="probe-memory")
 
     speed = kinds.add_parser("speed", help="step time over two plain forwards, and its parts")
@@ -194,6 +201,18 @@ def _check_choices(kind: str, given: list[str], valid: Sequence[str]) -> None:
         raise ProbeError(f"unknown {kind} {unknown}; choose from {list(valid)}")
 
 
+def _threshold(text: str) -> int | None:
+    if text == "adaptive":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes or 'adaptive', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def _memory(args: argparse.Namespace, out: Path) -> int:
     from agzo.probes.memory import (
         MemoryRow,
@@ -220,12 +239,13 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
         )
         print(f"  {row.config} batch {row.batch} seq {row.seq}: {peak}", file=sys.stderr)
         payload = {"shape": args.shape, "dtype": args.dtype, "device": args.device,
-                   "update": args.update, "rows": [vars(r) for r in done]}  # fmt: skip
+                   "update": args.update, "malloc_mmap_threshold": args.malloc_mmap_threshold,
+                   "rows": [vars(r) for r in done]}  # fmt: skip
         (out / "memory.json").write_text(json.dumps(payload, indent=2))
 
     rows = measure_memory(
         args.shape, args.batch, args.seq, tuple(chosen), args.dtype, args.device,
-        on_row=record, update=args.update,
+        on_row=record, update=args.update, malloc_mmap_threshold=args.malloc_mmap_threshold,
     )  # fmt: skip
     plot_memory(rows, str(out / "memory.png"))
     print(format_memory(rows))

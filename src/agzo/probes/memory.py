@@ -7,6 +7,13 @@ the model is built (building a random model peaks above what training needs): on
 reset through /proc/self/clear_refs). The table reports each peak and its ratio to
 inference on the same batch.
 
+On CPU the workers run with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_, 128 KiB by
+default), so that the peak is the memory the step's tensors need. Left adaptive (glibc's
+default, `malloc_mmap_threshold=None`), glibc serves ever larger blocks from its heap and
+keeps what they free: the same AGZO step (SmolLM2-135M, 16 x 64) then reads anywhere from
+1.0x to 1.4x inference from run to run, while training runs faster (docs/RESULTS.md,
+"What a CPU peak-memory reading measures").
+
     python -m agzo.probes.memory --worker agzo --shape smollm2-135m --batch 16 --seq 64
 """
 
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,6 +32,9 @@ import torch
 from agzo.methods import get_method, method_names
 from agzo.probes.shapes import build_shape, last_token_loss, random_batch
 from agzo.probes.speed import probe_optimizer, step_function
+
+# glibc serves blocks of at least this many bytes with their own mapping, unmapped on free.
+DEFAULT_MMAP_THRESHOLD = 128 * 1024
 
 
 def memory_configs() -> tuple[str, ...]:
@@ -116,10 +127,15 @@ def measure_memory(
     device: str = "cpu",
     on_row: object = None,
     update: str | None = None,
+    malloc_mmap_threshold: int | None = DEFAULT_MMAP_THRESHOLD,
 ) -> list[MemoryRow]:
     """One row per configuration, batch size and length; `update` sets the zeroth-order
-    methods' update rule."""
+    methods' update rule; `malloc_mmap_threshold` (bytes) fixes glibc's mmap threshold in
+    the workers (None: the environment's setting, adaptive unless set)."""
     configs = memory_configs() if configs is None else configs
+    env = dict(os.environ)
+    if malloc_mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_mmap_threshold)
     rows = []
     for batch in batches:
         for seq in seqs:
@@ -131,7 +147,7 @@ def measure_memory(
                     "--dtype", dtype, "--device", device,
                     *(["--update", update] if update else []),
                 ]  # fmt: skip
-                done = subprocess.run(cmd, capture_output=True, text=True)
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if done.returncode == 0:
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                     peak = peaks[config] = result["peak_bytes"]
