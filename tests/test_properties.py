@@ -172,6 +172,18 @@ def test_padding_rows_do_not_change_the_basis() -> None:
     assert not torch.allclose(basis_of(padded, None), basis_of(real, None), atol=1e-3)
 
 
+def test_token_rows_are_the_real_tokens_ids_only() -> None:
+    """Padding positions' ids (here 0 and 7, used by no real token) get no embedding probe."""
+    table = nn.Embedding(10, 4)
+    tensors = agzo.params.describe_tensors([("weight", table.weight)], table)
+    ids = torch.tensor([[0, 7, 3, 5, 3], [7, 2, 2, 9, 5]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 1]])
+    capture = ActivationCapture(tensors, 1, 3, seed=0, attention_mask=mask)
+    with torch.no_grad(), capture:
+        table(ids)
+    assert capture.result.token_rows[0].tolist() == [2, 3, 5, 9]
+
+
 def test_mask_is_read_from_the_model_call() -> None:
     model, closure = _setup("llama", pad=3)
     ids, mask, _ = batch("llama", pad=3)
@@ -454,6 +466,13 @@ def test_host_syncs_per_step_do_not_grow_with_depth(name: str) -> None:
     counts = [_step_counts(OPTIMIZERS[name], layers).syncs for layers in (1, 4)]
     assert counts[0] == counts[1], f"host syncs per step at 1 and 4 layers: {counts}"
     assert counts[1] <= 12, counts  # losses, the mask, the batch's token rows
+
+
+def test_agzo_adds_one_host_sync_to_mezos_the_token_rows() -> None:
+    """MeZO's syncs are the model's own and the losses'. AGZO adds only `torch.unique` of
+    the batch's token ids (the embedding rows it probes); padding costs none."""
+    syncs = {n: _step_counts(OPTIMIZERS[n], 2).syncs for n in ("agzo", "mezo")}
+    assert syncs["agzo"] == syncs["mezo"] + 1, syncs
 
 
 def test_agzo_launches_grow_with_depth_no_faster_than_mezo() -> None:

@@ -51,7 +51,7 @@ class AccumulatedCapture(ActivationCapture):
                 if shared is not None:
                     product = shared.basis  # here the summary holds the layer's product
                 else:
-                    h = self._real_rows(x.detach(), feature_dims=1)
+                    h = self._real_rows(x.detach())
                     h = h.to(torch.promote_types(h.dtype, torch.float32))
                     # The same start for every call of this layer (call 0's, the one
                     # `ActivationCapture` uses): the sum is then one power step on the

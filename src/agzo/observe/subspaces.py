@@ -210,9 +210,9 @@ class ActivationCapture:
     """Context manager hooking the linear and embedding modules of `tensors`.
 
     attention_mask: (batch, seq) with 1 on real tokens. When a layer's input has the
-    same leading shape, padding rows are dropped before the power iteration. If None,
-    the mask is taken from the `attention_mask` keyword of the call to `root` (a
-    transformers model), when there is one.
+    same leading shape, padding rows are zeroed before the power iteration, which leaves
+    them out of HᵀH. If None, the mask is taken from the `attention_mask` keyword of the
+    call to `root` (a transformers model), when there is one.
     """
 
     def __init__(
@@ -249,9 +249,9 @@ class ActivationCapture:
         self._last_input: weakref.ref[torch.Tensor] | None = None
         self._last_version = 0
         self._last_summary: Subspace | None = None
-        self._row_index: torch.Tensor | None = None
-        self._row_index_mask: torch.Tensor | None = None
-        self._row_index_device: torch.device | None = None
+        self._row_weights: torch.Tensor | None = None
+        self._row_weights_mask: torch.Tensor | None = None
+        self._row_weights_device: torch.device | None = None
         self._starts: dict[torch.device, dict[int, torch.Tensor]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -290,27 +290,29 @@ class ActivationCapture:
         )
         return {i: v.view(shape) for (i, shape), v in zip(shapes.items(), flat)}
 
-    def _real_row_index(self, mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-        """Flat indices of the real tokens, or None when there is no padding at all.
+    def _rows(self, x: torch.Tensor, feature_dims: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`x` with its leading dims flattened to rows, and a 0/1 column marking the real
+        (non-padding) rows, or None when no mask applies to `x`.
 
-        Computed once per mask and reused by every hooked layer: gathering rows by index
-        is cheaper than boolean masking each layer's input.
+        The column is made once per mask and device and shared by every hooked layer.
+        Padding rows are zeroed with it, not dropped: dropping needs their number, which
+        would make the host wait for the device at the first layer of every pass.
         """
-        if self._row_index_mask is not mask or self._row_index_device != device:
-            flat = mask.reshape(-1).to(device)
-            self._row_index = None if bool(flat.all()) else flat.nonzero().squeeze(1)
-            self._row_index_mask, self._row_index_device = mask, device
-        return self._row_index
-
-    def _real_rows(self, x: torch.Tensor, feature_dims: int) -> torch.Tensor:
-        """Flatten leading dims of `x` to rows, dropping rows the mask marks as padding."""
         rows = x.reshape(-1, *x.shape[x.dim() - feature_dims :])
         mask = self._mask()
         lead = x.shape[: x.dim() - feature_dims]
         if mask is None or tuple(mask.shape) != tuple(lead):
-            return rows
-        index = self._real_row_index(mask, x.device)
-        return rows if index is None else rows.index_select(0, index)
+            return rows, None
+        if self._row_weights_mask is not mask or self._row_weights_device != x.device:
+            self._row_weights = mask.reshape(-1, 1).to(x.device, torch.float32)
+            self._row_weights_mask, self._row_weights_device = mask, x.device
+        return rows, self._row_weights
+
+    def _real_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows of a layer input (n x d), padding rows zeroed: a zero row adds
+        nothing to HᵀH, so the subspace is that of the real rows alone."""
+        rows, weights = self._rows(x, feature_dims=1)
+        return rows if weights is None else rows * weights.to(rows.dtype)
 
     def _root_pre_hook(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         mask = kwargs.get("attention_mask")
@@ -344,7 +346,7 @@ class ActivationCapture:
             with torch.no_grad(), record_function("agzo.capture"):
                 summary = self._shared_summary(x)
                 if summary is None:
-                    h = self._real_rows(x.detach(), feature_dims=1)
+                    h = self._real_rows(x.detach())
                     if h.shape[0] == 0 and not self.reducer.collective:
                         return  # (across processes, the others' rows still need this sum)
                     # A layer run twice in one pass starts its second iteration afresh.
@@ -366,7 +368,13 @@ class ActivationCapture:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not args or not isinstance(args[0], torch.Tensor):
                 return
-            ids = self._real_rows(args[0].detach(), feature_dims=0)
+            ids, weights = self._rows(args[0].detach(), feature_dims=0)
+            if weights is not None:
+                # Padding positions take the id of the first real token, so the set of
+                # rows is the real tokens' without a data-dependent gather.
+                real = weights.reshape(-1) > 0
+                first_real = real.to(torch.uint8).argmax().reshape(1)
+                ids = torch.where(real, ids, ids.index_select(0, first_real))
             rows = torch.unique(ids.reshape(-1))
             previous = self._token_rows.get(tensor.index)
             if previous is not None:
