@@ -88,3 +88,14 @@ def test_a_hook_sees_each_quantized_layers_input(bnb: Any) -> None:
 def test_a_model_without_linear_layers_is_refused(bnb: Any) -> None:
     with pytest.raises(ValueError, match="no nn.Linear layers to quantize"):
         quantize_linear_weights(tiny_causal_lm("gpt2"), 8)  # Conv1D, not nn.Linear
+
+
+def test_memory_probe_measures_zo_act_on_a_quantized_base(bnb: Any) -> None:
+    """Both workers quantize their base: the ratio compares like with like."""
+    from agzo.probes.memory import measure_memory, run_worker
+
+    rows = measure_memory("tiny", [2], [8], ("inference", "zo-act"), quantize=4)
+    assert [r.config for r in rows] == ["inference", "zo-act"]
+    assert all(r.peak_bytes and r.error is None for r in rows), rows
+    _, state = run_worker("zo-act", "tiny", 2, 8, "float32", "cpu", quantize=4)
+    assert state > 0  # Adam's moments on C

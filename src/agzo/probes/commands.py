@@ -80,6 +80,10 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="CPU: bytes at which glibc maps a block of its own (freed at once), or "
         "'adaptive' for glibc's growing default [131072]",
     )
+    memory.add_argument(
+        "--quantize", type=int, choices=(8, 4), default=None,
+        help="weight-only quantized base (bitsandbytes) for every config, inference's too",
+    )  # fmt: skip
     memory.add_argument("--output", default="probe-memory")
 
     speed = kinds.add_parser("speed", help="step time over two plain forwards, and its parts")
@@ -240,12 +244,14 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
         print(f"  {row.config} batch {row.batch} seq {row.seq}: {peak}", file=sys.stderr)
         payload = {"shape": args.shape, "dtype": args.dtype, "device": args.device,
                    "update": args.update, "malloc_mmap_threshold": args.malloc_mmap_threshold,
+                   "quantize": args.quantize,
                    "rows": [vars(r) for r in done]}  # fmt: skip
         (out / "memory.json").write_text(json.dumps(payload, indent=2))
 
     rows = measure_memory(
         args.shape, args.batch, args.seq, tuple(chosen), args.dtype, args.device,
         on_row=record, update=args.update, malloc_mmap_threshold=args.malloc_mmap_threshold,
+        quantize=args.quantize,
     )  # fmt: skip
     plot_memory(rows, str(out / "memory.png"))
     print(format_memory(rows))

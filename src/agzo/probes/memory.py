@@ -79,9 +79,15 @@ def run_worker(
     dtype: str,
     device: str,
     update: str | None = None,
+    quantize: int | None = None,
 ) -> tuple[int, int]:
-    """Run one configuration in this process: (peak memory, optimizer state) in bytes."""
+    """Run one configuration in this process: (peak memory, optimizer state) in bytes.
+    `quantize` (8 or 4) makes the base's linear layers weight-only quantized first."""
     model = build_shape(shape, getattr(torch, dtype), device)
+    if quantize is not None:
+        from agzo.quantize import quantize_linear_weights
+
+        quantize_linear_weights(model, quantize)
     ids, mask, targets = random_batch(model, batch, seq, device)
     closure = last_token_loss(model, ids, mask, targets)
     if device.startswith("cuda"):
@@ -128,10 +134,12 @@ def measure_memory(
     on_row: object = None,
     update: str | None = None,
     malloc_mmap_threshold: int | None = DEFAULT_MMAP_THRESHOLD,
+    quantize: int | None = None,
 ) -> list[MemoryRow]:
     """One row per configuration, batch size and length; `update` sets the zeroth-order
     methods' update rule; `malloc_mmap_threshold` (bytes) fixes glibc's mmap threshold in
-    the workers (None: the environment's setting, adaptive unless set)."""
+    the workers (None: the environment's setting, adaptive unless set); `quantize` (8 or
+    4) quantizes the base's linear layers in every worker, inference's included."""
     configs = memory_configs() if configs is None else configs
     env = dict(os.environ)
     if malloc_mmap_threshold is not None:
@@ -146,6 +154,7 @@ def measure_memory(
                     "--shape", shape, "--batch", str(batch), "--seq", str(seq),
                     "--dtype", dtype, "--device", device,
                     *(["--update", update] if update else []),
+                    *(["--quantize", str(quantize)] if quantize else []),
                 ]  # fmt: skip
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if done.returncode == 0:
@@ -221,10 +230,12 @@ def _worker_main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--update", default=None)
+    parser.add_argument("--quantize", type=int, default=None)
     args = parser.parse_args()
     peak, state = run_worker(
-        args.worker, args.shape, args.batch, args.seq, args.dtype, args.device, args.update
-    )
+        args.worker, args.shape, args.batch, args.seq, args.dtype, args.device, args.update,
+        args.quantize,
+    )  # fmt: skip
     print(json.dumps({"peak_bytes": peak, "state_bytes": state}))
 
 
