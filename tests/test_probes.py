@@ -107,3 +107,29 @@ def test_probe_commands_from_the_cli(tmp_path, capsys) -> None:
     assert "unknown shape" in capsys.readouterr().err
     assert main(["probe", "memory", "--configs", "inference,sgd", "--output", str(out)]) == 2
     assert "unknown config" in capsys.readouterr().err
+
+
+def test_alignment_probe_reads_a_training_checkpoint(model_dir, shared_data_dir, tmp_path):
+    """`agzo probe alignment --model RUN/checkpoints/step-N` probes the trained weights, with
+    the loss the task trains with (SST-2: the candidates' softmax)."""
+    from agzo.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(model_dir), "--task", "sst2",
+                 "--data-dir", str(shared_data_dir / "sst2"), "--steps", "2", "--batch-size", "2",
+                 "--n-train", "8", "--n-dev", "4", "--n-test", "4", "--eval-every", "2",
+                 "--checkpoint-every", "2", "--lr", "0.5", "--save", "none", "--quiet",
+                 "--no-tensorboard", "--output-dir", str(run)]) == 0  # fmt: skip
+    checkpoint = run / "checkpoints" / "step-000002"
+    outputs = {}
+    for name, spec in (("trained", checkpoint), ("base", model_dir)):
+        out = tmp_path / name
+        probe = ["probe", "alignment", "--model", str(spec), "--task", "sst2",
+                 "--data-dir", str(shared_data_dir / "sst2"), "--batch-size", "2",
+                 "--draws", "2", "--estimators", "mezo", "--output", str(out)]  # fmt: skip
+        assert main(probe) == 0
+        outputs[name] = json.loads((out / "alignment.json").read_text())
+    assert outputs["trained"]["loss"] == "candidates"
+    # At lr 0.5 two steps move the weights: the probed gradient, hence the cosine, differs.
+    cosine = {k: v["results"][0]["cosine"]["mean"] for k, v in outputs.items()}
+    assert cosine["trained"] != cosine["base"]

@@ -42,8 +42,15 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     align = kinds.add_parser(
         "alignment", help="cosine between each estimator's g·Δ and the backprop gradient"
     )
-    align.add_argument("--model", default="smollm2-135m")
+    align.add_argument(
+        "--model", default="smollm2-135m",
+        help="built-in name, saved model dir, .gguf, hub id, or a run's checkpoint dir",
+    )  # fmt: skip
     align.add_argument("--task", default="sst2")
+    align.add_argument(
+        "--loss", choices=("lm", "candidates"), default=None,
+        help="the loss whose gradient is probed (default: the one the task trains with)",
+    )  # fmt: skip
     align.add_argument("--data-dir", default=None)
     align.add_argument("--batch-size", type=int, default=16)
     align.add_argument("--draws", type=int, default=30)
@@ -131,8 +138,30 @@ def run_probe(args: argparse.Namespace) -> int:
     return _speed(args, out)
 
 
-def _alignment(args: argparse.Namespace, out: Path) -> int:
+def _model_or_checkpoint(spec: str) -> tuple[Any, Any]:
+    """A model spec, or a training checkpoint: its run's model with the trained weights."""
     from agzo.models import load_model
+    from agzo.train.checkpoint import is_checkpoint_dir, load_weights
+    from agzo.train.config import TrainConfig
+    from agzo.train.evaluate_saved import saved_settings
+    from agzo.train.optimizers import trainable_parameters
+
+    if not is_checkpoint_dir(Path(spec)):
+        return load_model(spec)
+    settings, weights = saved_settings(spec)
+    config = TrainConfig.from_dict(settings)
+    if config.lora_rank is not None or config.optimizer == "zo-act" or config.quantize:
+        raise ProbeError(
+            f"{spec}: a checkpoint of adapters (LoRA, ZO-Act) or of a quantized base; probe "
+            "the run's saved model/ instead"
+        )
+    model, tokenizer = load_model(config.model, config.dtype)
+    assert weights is not None
+    load_weights(trainable_parameters(model, config), weights)
+    return model, tokenizer
+
+
+def _alignment(args: argparse.Namespace, out: Path) -> int:
     from agzo.probes.alignment import measure_alignment, plot_alignment, true_gradient
     from agzo.tasks import load_splits
     from agzo.train.objective import CandidateScorer
@@ -143,7 +172,7 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     unknown = [n for n in names if n not in variants]
     if unknown:
         raise ProbeError(f"unknown estimator(s) {unknown}; choose from {sorted(variants)}")
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = _model_or_checkpoint(args.model)
     if args.lora_rank is not None:
         # Only the adapters are trainable: every estimator is measured over them alone.
         from agzo.adapters.lora import wrap_with_lora
@@ -153,7 +182,10 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     splits = load_splits(
         args.task, args.data_dir, seed=args.seed, n_train=args.batch_size, n_dev=1, n_test=1
     )
-    scorer = CandidateScorer(model, tokenizer)
+    from agzo.train.config import TrainConfig
+
+    loss_kind = args.loss or TrainConfig(task=args.task).loss_kind
+    scorer = CandidateScorer(model, tokenizer, loss_kind=loss_kind)
     batch = scorer.batch(splits.train[: args.batch_size])
 
     def closure() -> torch.Tensor:
@@ -178,6 +210,7 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     payload = {
         "model": args.model,
         "task": args.task,
+        "loss": loss_kind,
         "batch_size": args.batch_size,
         "draws": args.draws,
         "include": args.include,
