@@ -45,7 +45,13 @@ def reductions(rank: int) -> dict[str, Any]:
     gradient = torch.full((2,), float(rank + 1))
     reducer.mean_([gradient])
     product = torch.full((3, 1), float(rank + 1))
+    # Two sums under way at once, and a blocking reduction between start and wait.
+    first = reducer.sum_async(torch.full((2,), float(rank + 1)))
+    second = reducer.sum_async(torch.full((1,), 10.0 * (rank + 1)))
+    between = reducer.loss(1.0)
+    started = {"first": first.wait().tolist(), "second": second.wait().tolist()}
     return {
+        "async": started | {"between": between},
         "loss": reducer.loss(float(rank + 1)),
         "rows": reducer.union_rows(mine_rows).tolist(),
         "no_rows": reducer.union_rows(mine_rows[:0] if rank == 0 else mine_rows).tolist(),

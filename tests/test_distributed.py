@@ -246,6 +246,7 @@ def test_each_reduction_of_the_seam_across_two_processes(two_processes: dict[str
         assert reduced["no_rows"] == [0, 5, 9, 11]  # a process without rows still takes part
         assert reduced["norms"] == pytest.approx([5.0, 1.0])  # √(3² + 4²), √(0² + 1²)
         assert reduced["sum"] == [3.0, 3.0, 3.0]
+        assert reduced["async"] == {"first": [3.0, 3.0], "second": [30.0], "between": 1.0}
 
 
 def test_processes_whose_weights_drift_apart_stop_with_the_tensor_named(

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from agzo.core.reduce import Reducer
+from agzo.core.reduce import PendingSum, Reducer
 
 __all__ = ["DistributedReducer", "ProcessGroupError", "collective"]
 
@@ -50,6 +50,23 @@ def comm_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+class _PendingAllReduce(PendingSum):
+    """An all-reduce started with async_op: the backend runs it while the caller computes."""
+
+    WHAT = "summing AGZO's power-iteration products"
+
+    def __init__(self, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> None:
+        self._device = tensor.device
+        self._work = tensor.to(comm_device(), copy=True)
+        with collective(self.WHAT):
+            self._handle = dist.all_reduce(self._work, group=group, async_op=True)
+
+    def wait(self) -> torch.Tensor:
+        with collective(self.WHAT):
+            self._handle.wait()
+        return self._work.to(self._device)
 
 
 class DistributedReducer(Reducer):
@@ -86,6 +103,9 @@ class DistributedReducer(Reducer):
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor.copy_(self._all_reduce(tensor, "summing AGZO's power-iteration products"))
         return tensor
+
+    def sum_async(self, tensor: torch.Tensor) -> PendingSum:
+        return _PendingAllReduce(tensor, self.group)
 
     def norm(self, norms: torch.Tensor) -> torch.Tensor:
         squares = self._all_reduce(norms * norms, "summing AGZO's subspace norms")

@@ -18,6 +18,16 @@ from collections.abc import Sequence
 import torch
 
 
+class PendingSum:
+    """A sum over processes under way; `wait()` returns it (here, already done)."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self._value = value
+
+    def wait(self) -> torch.Tensor:
+        return self._value
+
+
 class Reducer:
     """Reductions over the examples of one step; the identity in a single process."""
 
@@ -32,6 +42,12 @@ class Reducer:
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` summed over processes, in place (products and squared norms)."""
         return tensor
+
+    def sum_async(self, tensor: torch.Tensor) -> PendingSum:
+        """Start summing `tensor` over processes; `.wait()` gives the sum. In between the
+        caller computes on, so the exchange overlaps with it. Calls must come in the same
+        order on every process, like every reduction."""
+        return PendingSum(tensor)
 
     def norm(self, norms: torch.Tensor) -> torch.Tensor:
         """Euclidean norms over processes from this process's norms (root of summed squares)."""

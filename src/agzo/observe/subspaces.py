@@ -19,7 +19,7 @@ This module knows nothing about how the bases are used (see `agzo.directions`).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,9 @@ def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
     signs = torch.sign(torch.diagonal(triangular))
     return basis * torch.where(signs == 0, torch.ones_like(signs), signs)
 
+
+# Layers an iteration waits, across processes, between starting a sum and using it.
+PIPELINE_LAG = 2
 
 # The start of a rank-1 iteration is scaled down by this power of two (exact in any
 # float format): with no normalization between steps the iterate grows like σ₁^(2K), and
@@ -124,6 +127,31 @@ def power_iteration(
     all-zero input (its layer's gradient is zero) or an overflowing one gives a zero
     basis: no probe.
     """
+    return run_to_end(power_steps(h, rank, steps, start, reducer))
+
+
+Steps = Generator[None, None, "Subspace"]
+
+
+def run_to_end(steps: Steps) -> Subspace:
+    """Drive `power_steps` through every reduction at once."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def power_steps(
+    h: torch.Tensor,
+    rank: int,
+    steps: int,
+    start: torch.Tensor | torch.Generator,
+    reducer: Reducer = LOCAL,
+) -> Steps:
+    """`power_iteration` one reduction at a time: it pauses (yields) after starting each
+    sum over processes and waits for it only when resumed, so that a caller can compute
+    on (the next layers of a forward pass) while the sum travels. Returns the Subspace."""
     # float32 at least (bf16 products lose the subspace); float64 inputs stay float64.
     h = h.to(torch.promote_types(h.dtype, torch.float32))
     rank = min(rank, h.shape[1])
@@ -132,11 +160,13 @@ def power_iteration(
         q = _orthonormalize(q)
         return Subspace(q, reducer.norm((h @ q).norm(dim=0)))
     if rank == 1:
-        return _rank_one(h, q, steps, reducer)
+        return (yield from _rank_one(h, q, steps, reducer))
     # The start is not orthonormalized: the first step's QR gives the same basis either
     # way (the Q factor of M R⁻¹, R triangular with a positive diagonal, is M's).
     for _ in range(steps):
-        product = reducer.sum_(h.T @ (h @ q))
+        pending = reducer.sum_async(h.T @ (h @ q))
+        yield
+        product = pending.wait()
         norm = _norm(product)  # float64: the scaled start's first product does not underflow
         q = _orthonormalize(product)
     # A zero product stays zero and a non-finite one stays non-finite through later
@@ -148,7 +178,7 @@ def power_iteration(
     return Subspace(q, torch.where(usable, reducer.norm((h @ q).norm(dim=0)), usable))
 
 
-def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) -> Subspace:
+def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) -> Steps:
     """v ← Hᵀ(H v) `steps` times, normalized once at the end.
 
     On a GPU a small model's capture costs kernel launches, not arithmetic: the loop is
@@ -157,7 +187,9 @@ def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) ->
     """
     for step in range(1, steps + 1):
         iterate, image = v, h @ v
-        v = reducer.sum_(h.T @ image)
+        pending = reducer.sum_async(h.T @ image)
+        yield
+        v = pending.wait()
         if step % NORMALIZE_EVERY == 0 and step < steps:
             v = v * (START_SCALE / _norm(v))
     # 0/0 (a zero input) and inf/inf (an overflow) are NaN, finite/inf is 0: a zero
@@ -193,6 +225,30 @@ def adaptive_columns(subspace: Subspace, threshold: float) -> torch.Tensor:
     captured = subspace.norms.square().cumsum(0) / subspace.energy
     reached_before = torch.cat([captured.new_zeros(1), captured[:-1]]) >= threshold
     return (~reached_before).to(subspace.basis.dtype)
+
+
+class PendingSubspace:
+    """A layer input's subspace whose power iteration may still be under way."""
+
+    def __init__(self, steps: Steps, issued_at: int) -> None:
+        self.steps = steps
+        self.issued_at = issued_at  # the hook count when its last reduction started
+        self.value: Subspace | None = None
+        self.energy: torch.Tensor | None = None
+
+    def resume(self) -> bool:
+        """Wait for the reduction under way and start the next; True once finished."""
+        try:
+            next(self.steps)
+        except StopIteration as done:
+            self.value = done.value
+            self.value.energy = self.energy
+            return True
+        return False
+
+    def subspace(self) -> Subspace:
+        assert self.value is not None, "the capture's iterations were not finished"
+        return self.value
 
 
 @dataclass
@@ -243,12 +299,18 @@ class ActivationCapture:
         # input's energy (an adaptive rank up to `rank`); at 1 every column is kept.
         self.energy = energy
         self._seen_mask: torch.Tensor | None = None
-        self._summaries: dict[int, Subspace] = {}
+        self._summaries: dict[int, list[PendingSubspace]] = {}
+        # Across processes each power step's sum travels while later layers compute: an
+        # iteration resumes only after PIPELINE_LAG more linear layers have run (its input
+        # is held until then). In one process there is nothing to wait for: lag 0.
+        self._lag = PIPELINE_LAG if reducer.collective else 0
+        self._hook_count = 0
+        self._in_flight: list[PendingSubspace] = []
         self._token_rows: dict[int, torch.Tensor] = {}
         self._calls: dict[int, int] = {}
         self._last_input: weakref.ref[torch.Tensor] | None = None
         self._last_version = 0
-        self._last_summary: Subspace | None = None
+        self._last_summary: Any = None  # a PendingSubspace (here) or what a subclass keeps
         self._row_weights: torch.Tensor | None = None
         self._row_weights_mask: torch.Tensor | None = None
         self._row_weights_device: torch.device | None = None
@@ -319,7 +381,7 @@ class ActivationCapture:
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             self._seen_mask = mask
 
-    def _shared_summary(self, x: torch.Tensor) -> Subspace | None:
+    def _shared_summary(self, x: torch.Tensor) -> Any:
         """The summary of `x` if the previous hooked layer saw this very tensor.
 
         Attention's q/k/v projections (and an MLP's gate/up) read the same input one after
@@ -333,7 +395,7 @@ class ActivationCapture:
             return None
         return self._last_summary
 
-    def _remember_input(self, x: torch.Tensor, summary: Subspace) -> None:
+    def _remember_input(self, x: torch.Tensor, summary: Any) -> None:
         self._last_input = weakref.ref(x)
         self._last_version = x._version
         self._last_summary = summary
@@ -344,23 +406,27 @@ class ActivationCapture:
                 return
             x = args[0]
             with torch.no_grad(), record_function("agzo.capture"):
+                self._hook_count += 1
                 summary = self._shared_summary(x)
                 if summary is None:
                     h = self._real_rows(x.detach())
                     if h.shape[0] == 0 and not self.reducer.collective:
                         return  # (across processes, the others' rows still need this sum)
+                    if self._lag and h.data_ptr() == x.data_ptr():
+                        h = h.clone()  # held past this layer: the model may reuse x in place
                     # A layer run twice in one pass starts its second iteration afresh.
                     call = self._calls.get(tensor.index, 0)
                     self._calls[tensor.index] = call + 1
                     start = self._start_for(tensor, h, call)
-                    summary = power_iteration(h, self.rank, self.power_steps, start, self.reducer)
+                    steps = power_steps(h, self.rank, self.power_steps, start, self.reducer)
+                    summary = PendingSubspace(steps, self._hook_count)
                     if self.energy < 1.0:
                         summary.energy = self.reducer.sum_(h.float().square().sum())
+                    if not summary.resume():  # computes the first product, starts its sum
+                        self._in_flight.append(summary)
                     self._remember_input(x, summary)
-                previous = self._summaries.get(tensor.index)
-                if previous is not None:
-                    summary = merge_bases(previous, summary)
-                self._summaries[tensor.index] = summary
+                self._summaries.setdefault(tensor.index, []).append(summary)
+                self._advance()
 
         return hook
 
@@ -383,6 +449,24 @@ class ActivationCapture:
 
         return hook
 
+    def _advance(self, finish: bool = False) -> None:
+        """Resume every iteration whose sum started at least `lag` layers ago (all of
+        them, to the end, when finishing), in the order they began: the same order on
+        every process, as collectives need."""
+        while self._in_flight:
+            due = [
+                p for p in self._in_flight if finish or self._hook_count - p.issued_at >= self._lag
+            ]
+            if not due:
+                return
+            for pending in due:
+                if pending.resume():
+                    self._in_flight.remove(pending)
+                else:
+                    pending.issued_at = self._hook_count
+            if not finish and self._lag:
+                return  # each resumed iteration waits another `lag` layers
+
     # -- context manager ---------------------------------------------------------------
     def __enter__(self) -> ActivationCapture:
         if self.root is not None and self.explicit_mask is None:
@@ -403,19 +487,35 @@ class ActivationCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if exc[0] is None:
+            self._advance(finish=True)
+        else:  # a failed pass: nothing will read its subspaces
+            self._in_flight.clear()
         self._seen_mask = None
         self._last_input = self._last_summary = None
         self._starts.clear()
 
+    def _merged(self) -> dict[int, Subspace]:
+        """Each tensor's subspace; a layer run several times merges its calls' in order."""
+        self._advance(finish=True)
+        merged = {}
+        for index, calls in self._summaries.items():
+            summary = calls[0].subspace()
+            for later in calls[1:]:
+                summary = merge_bases(summary, later.subspace())
+            merged[index] = summary
+        return merged
+
     @property
     def result(self) -> CapturedSubspaces:
         token_rows = {i: self.reducer.union_rows(r) for i, r in self._token_rows.items()}
+        summaries = self._merged()
         if self.energy >= 1.0:
-            bases = {i: summary.basis for i, summary in self._summaries.items()}
+            bases = {i: summary.basis for i, summary in summaries.items()}
             return CapturedSubspaces(bases, token_rows)
-        masks = {i: adaptive_columns(s, self.energy) for i, s in self._summaries.items()}
+        masks = {i: adaptive_columns(s, self.energy) for i, s in summaries.items()}
         return CapturedSubspaces(
-            bases={i: s.basis * masks[i] for i, s in self._summaries.items()},
+            bases={i: s.basis * masks[i] for i, s in summaries.items()},
             token_rows=token_rows,
             ranks={i: mask.sum() for i, mask in masks.items()},
         )
