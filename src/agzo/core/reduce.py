@@ -49,6 +49,10 @@ class Reducer:
         order on every process, like every reduction."""
         return PendingSum(tensor)
 
+    def flush(self) -> None:
+        """Send the sums started since the last flush (a reducer may hold them back to
+        send several as one exchange); `wait()` on one of them flushes too."""
+
     def norm(self, norms: torch.Tensor) -> torch.Tensor:
         """Euclidean norms over processes from this process's norms (root of summed squares)."""
         return norms

@@ -42,8 +42,10 @@ def _orthonormalize(q: torch.Tensor) -> torch.Tensor:
     return basis * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
-# Layers an iteration waits, across processes, between starting a sum and using it.
-PIPELINE_LAG = 2
+# Distinct layer inputs an iteration waits, across processes, between starting a sum
+# and using it; as many iterations' inputs are held meanwhile.
+PIPELINE_LAG = 3
+FLUSH_EVERY = 2
 
 # The start of a rank-1 iteration is scaled down by this power of two (exact in any
 # float format): with no normalization between steps the iterate grows like σ₁^(2K), and
@@ -232,7 +234,7 @@ class PendingSubspace:
 
     def __init__(self, steps: Steps, issued_at: int) -> None:
         self.steps = steps
-        self.issued_at = issued_at  # the hook count when its last reduction started
+        self.issued_at = issued_at  # the input count when its last reduction started
         self.value: Subspace | None = None
         self.energy: torch.Tensor | None = None
 
@@ -301,10 +303,10 @@ class ActivationCapture:
         self._seen_mask: torch.Tensor | None = None
         self._summaries: dict[int, list[PendingSubspace]] = {}
         # Across processes each power step's sum travels while later layers compute: an
-        # iteration resumes only after PIPELINE_LAG more linear layers have run (its input
-        # is held until then). In one process there is nothing to wait for: lag 0.
+        # iteration resumes only after PIPELINE_LAG more distinct layer inputs (its own is
+        # held until then). In one process there is nothing to wait for: lag 0.
         self._lag = PIPELINE_LAG if reducer.collective else 0
-        self._hook_count = 0
+        self._inputs_seen = 0
         self._in_flight: list[PendingSubspace] = []
         self._token_rows: dict[int, torch.Tensor] = {}
         self._calls: dict[int, int] = {}
@@ -406,7 +408,6 @@ class ActivationCapture:
                 return
             x = args[0]
             with torch.no_grad(), record_function("agzo.capture"):
-                self._hook_count += 1
                 summary = self._shared_summary(x)
                 if summary is None:
                     h = self._real_rows(x.detach())
@@ -419,14 +420,16 @@ class ActivationCapture:
                     self._calls[tensor.index] = call + 1
                     start = self._start_for(tensor, h, call)
                     steps = power_steps(h, self.rank, self.power_steps, start, self.reducer)
-                    summary = PendingSubspace(steps, self._hook_count)
+                    # The clock of the pipeline: layer inputs that start an iteration.
+                    self._inputs_seen += 1
+                    summary = PendingSubspace(steps, self._inputs_seen)
                     if self.energy < 1.0:
                         summary.energy = self.reducer.sum_(h.float().square().sum())
                     if not summary.resume():  # computes the first product, starts its sum
                         self._in_flight.append(summary)
                     self._remember_input(x, summary)
+                    self._advance()
                 self._summaries.setdefault(tensor.index, []).append(summary)
-                self._advance()
 
         return hook
 
@@ -450,12 +453,17 @@ class ActivationCapture:
         return hook
 
     def _advance(self, finish: bool = False) -> None:
-        """Resume every iteration whose sum started at least `lag` layers ago (all of
+        """Resume every iteration whose sum started at least `lag` inputs ago (all of
         them, to the end, when finishing), in the order they began: the same order on
         every process, as collectives need."""
+        self._resume_due(finish)
+        if finish or self._inputs_seen % FLUSH_EVERY == 0:
+            self.reducer.flush()  # the sums started over these inputs travel as one
+
+    def _resume_due(self, finish: bool) -> None:
         while self._in_flight:
             due = [
-                p for p in self._in_flight if finish or self._hook_count - p.issued_at >= self._lag
+                p for p in self._in_flight if finish or self._inputs_seen - p.issued_at >= self._lag
             ]
             if not due:
                 return
@@ -463,9 +471,9 @@ class ActivationCapture:
                 if pending.resume():
                     self._in_flight.remove(pending)
                 else:
-                    pending.issued_at = self._hook_count
+                    pending.issued_at = self._inputs_seen
             if not finish and self._lag:
-                return  # each resumed iteration waits another `lag` layers
+                return  # each resumed iteration waits another `lag` inputs
 
     # -- context manager ---------------------------------------------------------------
     def __enter__(self) -> ActivationCapture:
