@@ -84,10 +84,11 @@ LOSSES: tuple[str, ...] = ("lm", "candidates")
 OBJECTIVES: tuple[str, ...] = ("loss", "metric")
 # What a run's model/ directory holds (and what its final test evaluates).
 SAVE_CHOICES: tuple[str, ...] = ("best", "final", "none")
-# Which dev evaluation keeps its weights. dev-accuracy is the default: with the lm loss
-# (the default) dev loss also falls when probability mass merely moves onto the label
-# words, which does not change a single prediction. dev-loss is MeZO's protocol (the
-# Trainer's default), meaningful with --loss candidates.
+# Which dev evaluation keeps its weights. dev-accuracy is the default: it is the metric a
+# run reports, and under the language-model loss (COPA, custom tasks, or --loss lm) dev
+# loss also falls when probability mass merely moves onto the label words, which changes
+# no prediction. dev-loss is MeZO's protocol (the Trainer's default); with the candidates'
+# softmax loss the two mostly agree.
 SELECT_CHOICES: tuple[str, ...] = ("dev-accuracy", "dev-loss")
 
 # Settings a resumed run may change: they decide how long to train and how often to
