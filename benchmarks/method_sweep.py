@@ -298,18 +298,21 @@ class Study:
 
     def wanted(self, results: dict[RunSpec, RunResult]) -> list[RunSpec | IclSpec]:
         """Every run the study still needs now, the most informative first: the arms take
-        turns, each searching from the middle of its grid outwards, then its seeds."""
-        queues = []
+        turns, each searching from the middle of its grid outwards, then its seeds; the
+        arms named by --first finish before the others start."""
+        queues, first = [], []
         for label, plan in self.plans(results).items():
             queue: list[RunSpec | IclSpec] = [
                 RunSpec(label, lr, self.seeds[0]) for lr in _middle_out(plan.waiting_for)
             ]
             if plan.chosen is not None:
                 queue += [RunSpec(label, plan.chosen, seed) for seed in self.seeds[1:]]
-            queues.append([s for s in queue if s not in results and s.name not in self.failed])
+            queue = [s for s in queue if s not in results and s.name not in self.failed]
+            (first if label in self.args.first else queues).append(queue)
         order: list[RunSpec | IclSpec] = []
-        for turn in range(max((len(q) for q in queues), default=0)):
-            order += [q[turn] for q in queues if turn < len(q)]
+        for tier in (first, queues):  # the --first arms' whole studies before the others
+            for turn in range(max((len(q) for q in tier), default=0)):
+                order += [q[turn] for q in tier if turn < len(q)]
         if self.args.icl:
             for seed in self.seeds:
                 spec = IclSpec(self.args.icl, seed)
@@ -632,6 +635,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid", action="append", required=True, help="ARM=LR[,LR...]")
     parser.add_argument("--widen", type=float, default=3.0, help="factor past an edge [3]")
     parser.add_argument("--max-widen", type=int, default=3, help="added rates per side [3]")
+    parser.add_argument(
+        "--first", default="", help="ARM[,ARM...]: studied to the end before the other arms"
+    )
     parser.add_argument("--seeds", default="0,1,2", help="the first seed searches [0,1,2]")
     parser.add_argument("--icl", type=int, default=0, help="in-context baseline: K demos")
     parser.add_argument("--eval-args", default="", help="extra flags for the in-context eval")
@@ -652,6 +658,10 @@ def main(argv: list[str] | None = None) -> None:
     args.eval_args = shlex.split(args.eval_args)
     arms = parse_arms(args.arm)
     grid = parse_grid(args.grid, arms)
+    args.first = [label for label in args.first.split(",") if label]
+    unknown = [label for label in args.first if label not in grid]
+    if unknown:
+        raise SystemExit(f"--first {','.join(unknown)}: no such arm (give each a --grid)")
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     study = Study(args, arms, grid, seeds)

@@ -75,6 +75,20 @@ def test_middle_out_order_and_run_names_round_trip() -> None:
     assert method_sweep._spec_from_name("agzo", spec.name) is None
 
 
+def test_first_arms_finish_their_study_before_the_others_start(tmp_path: Path) -> None:
+    args = method_sweep.argparse.Namespace(widen=3.0, max_widen=1, icl=0, out=tmp_path,
+                                           first=["mezo"])  # fmt: skip
+    arms = {}
+    grid = method_sweep.parse_grid(["agzo=1e-5,3e-5,1e-4", "mezo=1e-6,3e-6"], arms)
+    study = method_sweep.Study(args, arms, grid, [0, 1])
+    names = [spec.name for spec in study.wanted({})]
+    assert names[:2] == ["mezo-lr1e-06-seed0", "mezo-lr3e-06-seed0"]
+    assert names[2:] == ["agzo-lr3e-05-seed0", "agzo-lr1e-05-seed0", "agzo-lr0.0001-seed0"]
+    args.first = []
+    turns = [spec.name for spec in study.wanted({})]
+    assert turns[:3] == ["agzo-lr3e-05-seed0", "mezo-lr1e-06-seed0", "agzo-lr1e-05-seed0"]
+
+
 def test_bad_arms_and_grids_exit_with_one_line() -> None:
     with pytest.raises(SystemExit, match="unknown"):
         method_sweep.parse_grid(["nosuch=1e-5"], {})
