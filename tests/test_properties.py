@@ -559,3 +559,43 @@ def test_power_iteration_gives_no_probe_for_zero_or_overflowing_input(rank: int)
         assert basis.shape == (6, rank) and basis.dtype == norms.dtype == torch.float32
         assert torch.equal(basis, torch.zeros_like(basis))
         assert torch.equal(norms, torch.zeros_like(norms))  # merges with another call cleanly
+
+
+def test_exact_svd_basis_is_named_in_settings_only_when_chosen() -> None:
+    """States saved before the option existed (power iteration) keep loading."""
+    model, _ = _setup("llama")
+    assert "basis" not in agzo.AGZO(model).settings()
+    assert agzo.AGZO(model, basis="svd").settings()["basis"] == "svd"
+    with pytest.raises(ValueError, match="basis must be one of"):
+        agzo.AGZO(model, basis="qr")
+
+
+def test_exact_svd_basis_refuses_a_batch_split_across_processes() -> None:
+    from agzo.core.reduce import Reducer
+
+    class Collective(Reducer):
+        collective = True
+
+    layer = nn.Linear(16, 8)
+    tensors = agzo.params.describe_tensors([("weight", layer.weight)], layer)
+    with pytest.raises(ValueError, match="whole input in one process"):
+        ActivationCapture(tensors, 1, 3, seed=0, reducer=Collective(), exact=True)
+
+
+def test_power_iteration_approaches_the_exact_basis_of_real_rows() -> None:
+    """With a spectral gap, K = 3 power steps and the exact SVD agree; padding rows
+    change neither."""
+    layer = nn.Linear(16, 8)
+    tensors = agzo.params.describe_tensors([("weight", layer.weight)], layer)
+    u, _, v = torch.linalg.svd(torch.randn(10, 16), full_matrices=False)
+    real = (u * torch.tensor([9.0, 3.0] + [0.1] * 8)) @ v  # top direction v[0]
+    x = torch.cat([torch.randn(1, 3, 16) * 50, real.reshape(1, 10, 16)], dim=1)
+    mask = torch.cat([torch.zeros(1, 3), torch.ones(1, 10)], dim=1)
+    bases = {}
+    for exact in (False, True):
+        capture = ActivationCapture(tensors, 1, 3, seed=0, attention_mask=mask, exact=exact)
+        with torch.no_grad(), capture:
+            layer(x)
+        bases[exact] = capture.result.bases[0][:, 0]
+    assert abs(float(bases[True] @ v[0])) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(bases[False] @ bases[True])) > 0.999

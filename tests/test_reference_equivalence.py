@@ -140,6 +140,7 @@ def test_sequential_model_all_three() -> None:
 
 
 ESTIMATOR_SETTINGS = [
+    {"basis": "svd"},
     {"two_sided": True},
     {"queries": 3},
     {"two_sided": True, "queries": 2},

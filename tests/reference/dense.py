@@ -93,7 +93,7 @@ def _aligned_pieces(sizes: list[int], gen: torch.Generator) -> list[torch.Tensor
     return [piece[:size] for piece, size in zip(flat.split(padded), sizes)]
 
 
-def linear_bases(calls, index_of, starts, rank, steps, row_mask):
+def linear_bases(calls, index_of, starts, rank, steps, row_mask, basis="power"):
     """Each linear tensor's basis, one power iteration per distinct input.
 
     Layers called one after another on the very same input tensor (q/k/v, gate/up) share
@@ -109,7 +109,10 @@ def linear_bases(calls, index_of, starts, rank, steps, row_mask):
         h = x.reshape(-1, x.shape[-1])
         if row_mask is not None and h.shape[0] == row_mask.numel():
             h = h[row_mask.reshape(-1).bool()]
-        bases[i] = plain_power_iteration(h, steps, starts[i])
+        if basis == "svd":
+            bases[i] = plain_top_eigenvectors(h, rank)
+        else:
+            bases[i] = plain_power_iteration(h, steps, starts[i])
         previous_input, previous_basis = x, bases[i]
     return bases
 
@@ -121,6 +124,17 @@ def plain_power_iteration(h: torch.Tensor, steps: int, start: torch.Tensor):
     for _ in range(steps):
         q = gram_schmidt(h.T @ (h @ q))
     return q
+
+
+def plain_top_eigenvectors(h: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top eigenvectors of HᵀH in float64 (the right singular vectors of H), each
+    column's largest entry positive."""
+    values, vectors = torch.linalg.eigh(h.double().T @ h.double())
+    top = vectors[:, values.argsort(descending=True)[:rank]]
+    for j in range(top.shape[1]):
+        if top[top[:, j].abs().argmax(), j] < 0:
+            top[:, j] = -top[:, j]
+    return top.to(torch.promote_types(h.dtype, torch.float32))
 
 
 def gram_schmidt(x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +219,7 @@ def agzo_step(
     two_sided: bool = False,
     queries: int = 1,
     weight_decay: float = 0.0,
+    basis: str = "power",
 ) -> float:
     """One AGZO step with SGD, dense: the bases come from the unperturbed pass, which is
     also f0 when one-sided. Returns the step's loss."""
@@ -220,7 +235,7 @@ def agzo_step(
     index_of = {id(m): i for i, (linears, _, _) in enumerate(kinds) for m in linears}
     linear_calls = [(m, x) for m, x in calls if id(m) in index_of]
     starts = power_iteration_starts(named_params, kinds, step_seed, rank)
-    bases = linear_bases(linear_calls, index_of, starts, rank, power_steps, row_mask)
+    bases = linear_bases(linear_calls, index_of, starts, rank, power_steps, row_mask, basis)
     probes = [
         agzo_deltas(
             model,

@@ -42,6 +42,9 @@ from agzo.seeding import (
 
 EmbeddingMode = Literal["activation", "gaussian"]
 EMBEDDING_MODES: tuple[str, ...] = ("activation", "gaussian")
+# How each layer's basis is found: K power-iteration steps (the method), or an exact SVD
+# of the layer's input (a reference for what power iteration approximates).
+BASES: tuple[str, ...] = ("power", "svd")
 
 
 class ActivationSampler(DirectionSampler):
@@ -56,7 +59,10 @@ class ActivationSampler(DirectionSampler):
         power_steps: int = 3,
         embedding_mode: EmbeddingMode = "activation",
         energy: float = 1.0,
+        basis: str = "power",
     ) -> None:
+        if basis not in BASES:
+            raise ValueError(f"basis must be one of {BASES}, got {basis!r}")
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         if power_steps < 0:
@@ -71,6 +77,7 @@ class ActivationSampler(DirectionSampler):
         self.power_steps = power_steps
         self.embedding_mode = embedding_mode
         self.energy = energy
+        self.basis = basis
         self.last_ranks: dict[int, torch.Tensor] = {}  # with an adaptive rank (energy < 1)
 
     def settings(self) -> dict[str, Any]:
@@ -79,13 +86,15 @@ class ActivationSampler(DirectionSampler):
             "power_steps": self.power_steps,
             "embedding_mode": self.embedding_mode,
             "energy": self.energy,
+            # Only when not the default: states saved before the option existed still load.
+            **({"basis": self.basis} if self.basis != "power" else {}),
         }
 
     def observer(self, context: ObservationContext) -> ActivationCapture:
         # A batch evaluated in micro-batches: with one power step the sum over them is
         # exact (`agzo.observe.accumulate`); with more, each micro-batch gets its own K
         # steps and the bases are merged (`merge_bases`, approximate).
-        accumulated = context.micro_batches > 1 and self.power_steps == 1
+        accumulated = context.micro_batches > 1 and self.power_steps == 1 and self.basis == "power"
         capture = AccumulatedCapture if accumulated else ActivationCapture
         return capture(
             context.tensors,
@@ -96,6 +105,7 @@ class ActivationSampler(DirectionSampler):
             attention_mask=context.attention_mask,
             reducer=context.reducer,
             energy=self.energy,
+            exact=self.basis == "svd",
         )
 
     def sample_all(self, tensors: Sequence[TrainableTensor], ctx: ProbeContext) -> list[Direction]:

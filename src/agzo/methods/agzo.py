@@ -14,7 +14,12 @@ from typing import Any, cast
 from torch import nn
 
 from agzo.core.optimizer import ParamsLike, ZerothOrderOptimizer
-from agzo.directions.activation import EMBEDDING_MODES, ActivationSampler, EmbeddingMode
+from agzo.directions.activation import (
+    BASES,
+    EMBEDDING_MODES,
+    ActivationSampler,
+    EmbeddingMode,
+)
 from agzo.methods.options import ZerothOrderOptions, check, option
 from agzo.methods.registry import BuildContext, Method, register
 
@@ -33,8 +38,15 @@ class AGZOOptions(ZerothOrderOptions):
         "this share of the input's energy (1: always rank)",
     )
 
+    basis: str = option(
+        "power",
+        "each layer's basis: power (K power-iteration steps, the paper's) | svd (the exact "
+        "top-r SVD of the layer's input, a reference; one process only)",
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        check(self.basis in BASES, f"unknown basis {self.basis!r}; choose {' | '.join(BASES)}")
         check(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
         check(self.power_steps >= 0, f"power_steps must be >= 0, got {self.power_steps}")
         check(0.0 < self.energy <= 1.0, f"energy must be in (0, 1], got {self.energy}")
@@ -60,12 +72,13 @@ class AGZO(ZerothOrderOptimizer):
         power_steps: int = _DEFAULTS.power_steps,
         embedding_mode: EmbeddingMode = "activation",
         energy: float = _DEFAULTS.energy,
+        basis: str = _DEFAULTS.basis,
         update: Any = _DEFAULTS.update,
         two_sided: bool = _DEFAULTS.two_sided,
         queries: int = _DEFAULTS.queries,
         **kwargs: Any,
     ) -> None:
-        sampler = ActivationSampler(rank, power_steps, embedding_mode, energy)
+        sampler = ActivationSampler(rank, power_steps, embedding_mode, energy, basis)
         super().__init__(
             params, sampler, update, lr=lr, eps=eps, two_sided=two_sided, queries=queries, **kwargs
         )
@@ -86,6 +99,7 @@ def _build(model: nn.Module, options: AGZOOptions, context: BuildContext) -> AGZ
         power_steps=options.power_steps,
         embedding_mode=options.embedding_mode,  # type: ignore[arg-type]
         energy=options.energy,
+        basis=options.basis,
         **options.optimizer_kwargs(context),
     )
 

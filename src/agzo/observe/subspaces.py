@@ -135,6 +135,12 @@ def power_iteration(
 Steps = Generator[None, None, "Subspace"]
 
 
+def _finished(subspace: Subspace) -> Steps:
+    """A subspace already known, in the form of an iteration with no reduction left."""
+    return subspace
+    yield  # a generator function: its first resumption returns the subspace
+
+
 def run_to_end(steps: Steps) -> Subspace:
     """Drive `power_steps` through every reduction at once."""
     while True:
@@ -198,6 +204,21 @@ def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) ->
     # basis, which probes nothing.
     q = torch.nan_to_num(v / _norm(v), nan=0.0, posinf=0.0, neginf=0.0)
     return Subspace(q, image=image, iterate=iterate, reducer=reducer)
+
+
+def exact_subspace(h: torch.Tensor, rank: int) -> Subspace:
+    """The top-`rank` right singular vectors of `h` (n x d) and their singular values, by
+    a full SVD: the basis power iteration approximates, as a reference (it costs an SVD of
+    every layer input). Columns of singular value 0 are zero: no probe there. Computing the
+    signs is a host sync per input; this is not the fast path."""
+    h = h.to(torch.promote_types(h.dtype, torch.float32))
+    rank = min(rank, *h.shape)
+    _, values, vh = torch.linalg.svd(h, full_matrices=False)
+    values, vectors = values[:rank], vh[:rank].T
+    # A sign convention (each column's largest entry positive): LAPACK's is arbitrary.
+    signs = torch.sign(vectors.gather(0, vectors.abs().argmax(0, keepdim=True)))
+    vectors = vectors * torch.where(signs == 0, 1.0, signs)
+    return Subspace(vectors * (values > 0), values)
 
 
 def merge_bases(first: Subspace, second: Subspace) -> Subspace:
@@ -284,9 +305,15 @@ class ActivationCapture:
         capture_tokens: bool = True,
         reducer: Reducer = LOCAL,
         energy: float = 1.0,
+        exact: bool = False,
     ) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
+        if exact and reducer.collective:
+            raise ValueError(
+                "an exact SVD basis needs each layer's whole input in one process; use power "
+                "iteration (basis 'power') across processes"
+            )
         if power_steps < 0:
             raise ValueError(f"power_steps must be >= 0, got {power_steps}")
         self.tensors = list(tensors)
@@ -300,6 +327,8 @@ class ActivationCapture:
         # Below 1, each basis keeps only the columns needed to capture this share of its
         # input's energy (an adaptive rank up to `rank`); at 1 every column is kept.
         self.energy = energy
+        # True: each basis is the exact top-r SVD of the input instead of K power steps.
+        self.exact = exact
         self._seen_mask: torch.Tensor | None = None
         self._summaries: dict[int, list[PendingSubspace]] = {}
         # Across processes each power step's sum travels while later layers compute: an
@@ -419,7 +448,10 @@ class ActivationCapture:
                     call = self._calls.get(tensor.index, 0)
                     self._calls[tensor.index] = call + 1
                     start = self._start_for(tensor, h, call)
-                    steps = power_steps(h, self.rank, self.power_steps, start, self.reducer)
+                    if self.exact:
+                        steps = _finished(exact_subspace(h, self.rank))
+                    else:
+                        steps = power_steps(h, self.rank, self.power_steps, start, self.reducer)
                     # The clock of the pipeline: layer inputs that start an iteration.
                     self._inputs_seen += 1
                     summary = PendingSubspace(steps, self._inputs_seen)

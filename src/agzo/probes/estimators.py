@@ -20,7 +20,11 @@ def estimator_variants(
     """name -> factory(model, seed); every variant trains the same selected tensors."""
 
     def agzo_variant(
-        rank: int, steps: int, embedding: EmbeddingMode = "activation", energy: float = 1.0
+        rank: int,
+        steps: int,
+        embedding: EmbeddingMode = "activation",
+        energy: float = 1.0,
+        basis: str = "power",
     ) -> OptimizerFactory:
         def make(model: nn.Module, seed: int) -> agzo.ZerothOrderOptimizer:
             return agzo.AGZO(
@@ -29,6 +33,7 @@ def estimator_variants(
                 power_steps=steps,
                 embedding_mode=embedding,
                 energy=energy,
+                basis=basis,
                 seed=seed,
                 include=include,
                 exclude=exclude,
@@ -55,4 +60,6 @@ def estimator_variants(
     variants["agzo-adaptive"] = agzo_variant(4, 3, energy=0.9)
     for steps in (1, 5, 20):
         variants[f"agzo-k{steps}"] = agzo_variant(1, steps)
+    # The exact top-1 SVD basis: what K power steps approximate.
+    variants["agzo-svd"] = agzo_variant(1, 3, basis="svd")
     return variants
