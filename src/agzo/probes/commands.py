@@ -183,9 +183,10 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
         args.task, args.data_dir, seed=args.seed, n_train=args.batch_size, n_dev=1, n_test=1
     )
     from agzo.train.config import TrainConfig
+    from agzo.train.objective import LossKind
 
     loss_kind = args.loss or TrainConfig(task=args.task).loss_kind
-    scorer = CandidateScorer(model, tokenizer, loss_kind=loss_kind)
+    scorer = CandidateScorer(model, tokenizer, loss_kind=cast(LossKind, loss_kind))
     batch = scorer.batch(splits.train[: args.batch_size])
 
     def closure() -> torch.Tensor:
