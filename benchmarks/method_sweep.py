@@ -270,19 +270,23 @@ class Study:
     grid: dict[str, list[float]]
     seeds: list[int]
     failed: set[str] = field(default_factory=set)  # names that ended without a result
+    # Finished runs never change: each is read once, not at every look at the folder.
+    finished: dict[RunSpec, RunResult] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:
         return Path(self.args.out)
 
     def results(self) -> dict[RunSpec, RunResult]:
-        found = {}
+        """Every finished run of the study's arms in its folder."""
         for label in self.grid:
             for run_dir in self.out.glob(f"{label}-lr*-seed*"):
                 spec = _spec_from_name(label, run_dir.name)
-                if spec is not None and (result := read_result(spec, self.out)) is not None:
-                    found[spec] = result
-        return found
+                if spec is None or spec in self.finished:
+                    continue
+                if (result := read_result(spec, self.out)) is not None:
+                    self.finished[spec] = result
+        return dict(self.finished)
 
     def plans(self, results: dict[RunSpec, RunResult]) -> dict[str, ArmPlan]:
         plans = {}
@@ -396,20 +400,24 @@ class Study:
         if not self.args.keep_checkpoints and checkpoints.is_dir():
             shutil.rmtree(checkpoints)
 
-    def write_report(self) -> dict[str, Any]:
+    def write_report(self) -> str | None:
+        """Write sweep.json, sweep.md and sweep.png; the Markdown, or None before any run
+        has finished."""
         results = self.results()
-        plans = self.plans(results)
-        icl = {s: r for seed in self.seeds
-               if (r := read_icl(s := IclSpec(self.args.icl, seed), self.out)) is not None} \
-            if self.args.icl else {}  # fmt: skip
         if not results:
-            return {}
+            return None
+        plans = self.plans(results)
+        icl = {}
+        for seed in self.seeds if self.args.icl else []:
+            spec = IclSpec(self.args.icl, seed)
+            if (found := read_icl(spec, self.out)) is not None:
+                icl[spec] = found
         data = study_json(self, results, plans, icl)
         (self.out / "sweep.json").write_text(json.dumps(data, indent=2) + "\n")
         text = report(self, results, plans, icl)
         (self.out / "sweep.md").write_text(text + "\n")
         plot(self, plans, results, self.out / "sweep.png")
-        return {"text": text}
+        return text
 
 
 def _spec_from_name(label: str, name: str) -> RunSpec | None:
@@ -670,10 +678,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
               f"{args.threads} thread(s) each", flush=True)  # fmt: skip
         study.run()
-    written = study.write_report()
-    if not written:
+    text = study.write_report()
+    if text is None:
         raise SystemExit(f"no run finished; see the logs under {args.out}")
-    print(written["text"])
+    print(text)
     print(f"\nwrote {args.out}/sweep.md, sweep.json, sweep.png")
 
 

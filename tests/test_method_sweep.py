@@ -100,9 +100,8 @@ def test_bad_arms_and_grids_exit_with_one_line() -> None:
         method_sweep.parse_grid(["mezo=0"], {})
 
 
-def test_a_study_widens_chooses_repeats_and_resumes(model_dir: Path, tmp_path: Path) -> None:
-    """Two arms on a tiny model: one a registered method, one a variant; then the same
-    command again runs nothing more, and a run cut off before its end is resumed."""
+def tiny_study(model_dir: Path, tmp_path: Path, *flags: str) -> tuple[list[str], Path]:
+    """The runner's arguments for 4-step runs of a tiny model on 40 generated reviews."""
     data = tmp_path / "reviews.jsonl"
     rows = [{"text": f"review {i}: it was {('bad', 'good')[i % 2]}", "label": i % 2}
             for i in range(40)]  # fmt: skip
@@ -110,13 +109,27 @@ def test_a_study_widens_chooses_repeats_and_resumes(model_dir: Path, tmp_path: P
     out = tmp_path / "study"
     argv = [
         "--task", "custom", "--model", str(model_dir), "--steps", "4", "--eval-every", "2",
-        "--checkpoint-every", "2", "--seeds", "0,1", "--jobs", "2", "--threads", "1",
-        "--arm", "agzo-r2=--optimizer agzo --rank 2", "--grid", "agzo-r2=1e-3",
-        "--grid", "mezo=1e-4,1e-3", "--max-widen", "1", "--out", str(out), "--",
+        "--checkpoint-every", "2", "--threads", "1", *flags, "--out", str(out), "--",
         "--data-file", str(data), "--template", "{text}. Overall it was",
         "--labels", "0=bad,1=good", "--batch-size", "4", "--n-train", "24", "--n-dev", "8",
         "--n-test", "8",
     ]  # fmt: skip
+    return argv, out
+
+
+def commands_run(log: Path) -> list[str]:
+    """The `agzo` commands a run's log records, one per launch."""
+    return [line for line in log.read_text().splitlines() if line.startswith("$ ")]
+
+
+def test_a_study_widens_chooses_and_repeats(model_dir: Path, tmp_path: Path) -> None:
+    """Two arms on a tiny model, one a registered method, one a variant; then the same
+    command again runs nothing more."""
+    argv, out = tiny_study(
+        model_dir, tmp_path, "--seeds", "0,1", "--jobs", "2", "--max-widen", "1",
+        "--arm", "agzo-r2=--optimizer agzo --rank 2", "--grid", "agzo-r2=1e-3",
+        "--grid", "mezo=1e-4,1e-3",
+    )  # fmt: skip
     method_sweep.main(argv)
     study = json.loads((out / "sweep.json").read_text())
     mezo = study["arms"]["mezo"]
@@ -125,40 +138,30 @@ def test_a_study_widens_chooses_repeats_and_resumes(model_dir: Path, tmp_path: P
     assert set(mezo["test"]) == {"0", "1"} and set(study["arms"]["agzo-r2"]["test"]) == {"0", "1"}
     assert study["arms"]["agzo-r2"]["flags"][:2] == ["--optimizer", "agzo"]
     assert set(study["zero_shot"]) == {"0", "1"}
-    log = (out / "logs" / "agzo-r2-lr0.001-seed0.txt").read_text()
-    assert "--rank 2" in log and "--lr 0.001" in log and "--seed 0" in log
+    [command] = commands_run(out / "logs" / "agzo-r2-lr0.001-seed0.txt")
+    assert "--rank 2" in command and "--lr 0.001" in command and "--seed 0" in command
+    assert "--overwrite" in command and "--resume" not in command
     assert not (out / "agzo-r2-lr0.001-seed0" / "checkpoints").exists()  # pruned when done
     assert "| zero-shot |" in (out / "sweep.md").read_text() and (out / "sweep.png").is_file()
 
-    # The same command again runs nothing: every run it wants has finished.
-    before = sorted(p.name for p in (out / "logs").iterdir())
+    # The same command again launches nothing: every run it wants has finished.
+    launched = {log.name: len(commands_run(log)) for log in (out / "logs").iterdir()}
     method_sweep.main(argv)
-    assert sorted(p.name for p in (out / "logs").iterdir()) == before
-    assert "--overwrite" in log and "--resume" not in log
+    assert {log.name: len(commands_run(log)) for log in (out / "logs").iterdir()} == launched
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(model_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "reviews.jsonl"
-    rows = [{"text": f"review {i}: it was {('bad', 'good')[i % 2]}", "label": i % 2}
-            for i in range(40)]  # fmt: skip
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    out = tmp_path / "study"
-    argv = [
-        "--task", "custom", "--model", str(model_dir), "--steps", "4", "--eval-every", "2",
-        "--checkpoint-every", "2", "--seeds", "0", "--jobs", "1", "--threads", "1",
-        "--grid", "agzo=1e-3", "--keep-checkpoints", "--out", str(out), "--",
-        "--data-file", str(data), "--template", "{text}. Overall it was",
-        "--labels", "0=bad,1=good", "--batch-size", "4", "--n-train", "24", "--n-dev", "8",
-        "--n-test", "8",
-    ]  # fmt: skip
+    argv, out = tiny_study(
+        model_dir, tmp_path, "--seeds", "0", "--jobs", "1", "--grid", "agzo=1e-3",
+        "--keep-checkpoints",
+    )  # fmt: skip
     method_sweep.main(argv)
     run = out / "agzo-lr0.001-seed0"
     first = json.loads((run / "summary.json").read_text())
     # As if cut off after its last checkpoint and before its summary was written.
     (run / "summary.json").unlink()
     method_sweep.main(argv)
-    log = (out / "logs" / f"{run.name}.txt").read_text().splitlines()
-    commands = [line for line in log if line.startswith("$ ")]
+    commands = commands_run(out / "logs" / f"{run.name}.txt")
     assert len(commands) == 2 and "--overwrite" in commands[0] and "--resume" in commands[1]
     again = json.loads((run / "summary.json").read_text())
     assert again["steps"] == first["steps"] == 4

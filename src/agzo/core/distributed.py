@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -62,37 +61,38 @@ class _Bucket:
     def __init__(self, group: dist.ProcessGroup | None) -> None:
         self.group = group
         self.tensors: list[torch.Tensor] = []
+        self.offsets: list[int] = [0]  # where each tensor starts in the concatenation
         self._flat: torch.Tensor | None = None
-        self._handle: Any = None
+        self._work: dist.Work | None = None
+        self._received = False
 
     @property
     def sent(self) -> bool:
-        return self._handle is not None
+        return self._work is not None
 
     def add(self, tensor: torch.Tensor) -> int:
         self.tensors.append(tensor)
+        self.offsets.append(self.offsets[-1] + tensor.numel())
         return len(self.tensors) - 1
 
     def send(self) -> None:
-        if self._handle is None:
-            device = comm_device()
-            # One dtype per exchange: float64 holds float32 and float64 sums exactly.
-            parts = [t.reshape(-1).to(device, torch.float64) for t in self.tensors]
+        if self._work is None:
+            # One dtype per exchange, float64: wide enough for float32 and float64 parts.
+            parts = [t.reshape(-1).to(comm_device(), torch.float64) for t in self.tensors]
             self._flat = torch.cat(parts)
             with collective(self.WHAT):
-                self._handle = dist.all_reduce(self._flat, group=self.group, async_op=True)
+                self._work = dist.all_reduce(self._flat, group=self.group, async_op=True)
 
     def result(self, position: int) -> torch.Tensor:
         self.send()
-        if self._handle is not True:
+        assert self._work is not None and self._flat is not None
+        if not self._received:
             with collective(self.WHAT):
-                self._handle.wait()
-            self._handle = True  # received
-        assert self._flat is not None
-        offset = sum(t.numel() for t in self.tensors[:position])
+                self._work.wait()
+            self._received = True
         tensor = self.tensors[position]
-        piece = self._flat[offset : offset + tensor.numel()].view(tensor.shape)
-        return piece.to(tensor.device, tensor.dtype)
+        piece = self._flat[self.offsets[position] : self.offsets[position + 1]]
+        return piece.view(tensor.shape).to(tensor.device, tensor.dtype)
 
 
 class _PendingInBucket(PendingSum):

@@ -209,8 +209,7 @@ def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) ->
 def exact_subspace(h: torch.Tensor, rank: int) -> Subspace:
     """The top-`rank` right singular vectors of `h` (n x d) and their singular values, by
     a full SVD: the basis power iteration approximates, as a reference (it costs an SVD of
-    every layer input). Columns of singular value 0 are zero: no probe there. Computing the
-    signs is a host sync per input; this is not the fast path."""
+    every layer input). Columns of singular value 0 are zero: no probe there."""
     h = h.to(torch.promote_types(h.dtype, torch.float32))
     rank = min(rank, *h.shape)
     _, values, vh = torch.linalg.svd(h, full_matrices=False)

@@ -13,6 +13,7 @@ from typing import Any, cast
 import torch
 
 from agzo.probes.estimators import estimator_variants
+from agzo.probes.memory import DEFAULT_MMAP_THRESHOLD
 
 
 class ProbeError(ValueError):
@@ -83,9 +84,9 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     memory.add_argument(
         "--malloc-mmap-threshold",
         type=_threshold,
-        default=128 * 1024,
+        default=DEFAULT_MMAP_THRESHOLD,
         help="CPU: bytes at which glibc maps a block of its own (freed at once), or "
-        "'adaptive' for glibc's growing default [131072]",
+        f"'adaptive' for glibc's growing default [{DEFAULT_MMAP_THRESHOLD}]",
     )
     memory.add_argument(
         "--quantize", type=int, choices=(8, 4), default=None,
