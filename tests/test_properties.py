@@ -561,6 +561,33 @@ def test_power_iteration_gives_no_probe_for_zero_or_overflowing_input(rank: int)
         assert torch.equal(norms, torch.zeros_like(norms))  # merges with another call cleanly
 
 
+def test_bases_normalized_together_are_the_bits_of_each_normalized_alone() -> None:
+    """A capture normalizes all of a pass's rank-one iterates in a few stacked kernels;
+    each basis must still be exactly what normalizing its iterate alone gives, the zero
+    and the overflowing input included."""
+    from agzo.observe.subspaces import normalize_together, power_steps, run_to_end
+
+    gen = torch.Generator().manual_seed(11)
+    inputs = [torch.randn(9, 12, generator=gen) * scale for scale in (1e-3, 1.0, 1e3)]
+    inputs += [torch.zeros(9, 12), torch.full((9, 12), torch.inf), torch.randn(9, 20)]
+
+    def iterates() -> list:
+        return [
+            run_to_end(power_steps(h, 1, 3, torch.Generator().manual_seed(i)))
+            for i, h in enumerate(inputs)
+        ]
+
+    alone = [s.basis for s in iterates()]  # each normalized on first use
+    together = iterates()
+    normalize_together(together + together[:2])  # repeats (shared inputs) count once
+    for i, (a, t) in enumerate(zip(alone, together)):
+        assert torch.equal(a, t.basis), i
+        assert a.shape == (inputs[i].shape[1], 1)
+    assert float(alone[1].norm()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(alone[3], torch.zeros_like(alone[3]))
+    assert torch.equal(alone[4], torch.zeros_like(alone[4]))
+
+
 def test_exact_svd_basis_is_named_in_settings_only_when_chosen() -> None:
     """States saved before the option existed (power iteration) keep loading."""
     model, _ = _setup("llama")

@@ -56,10 +56,12 @@ START_SCALE = 2.0**-64
 NORMALIZE_EVERY = 3
 
 
-def _norm(v: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def _norm(
+    v: torch.Tensor, dim: int | tuple[int, ...] | None = None, keepdim: bool = False
+) -> torch.Tensor:
     """Euclidean norm accumulated in float64: one kernel, and no overflow of the squares
     of float32 entries however large or small."""
-    return torch.linalg.vector_norm(v, dim=dim, dtype=torch.float64)
+    return torch.linalg.vector_norm(v, dim=dim, keepdim=keepdim, dtype=torch.float64)
 
 
 class Subspace:
@@ -73,18 +75,31 @@ class Subspace:
 
     def __init__(
         self,
-        basis: torch.Tensor,
+        basis: torch.Tensor | None = None,
         norms: torch.Tensor | None = None,
         *,
+        direction: torch.Tensor | None = None,
         image: torch.Tensor | None = None,
         iterate: torch.Tensor | None = None,
         reducer: Reducer = LOCAL,
     ) -> None:
-        self.basis = basis
+        if (basis is None) == (direction is None):
+            raise ValueError("a Subspace takes a basis or an unnormalized direction, not both")
+        self._basis = basis
+        # Rank one: the iteration's last vector, normalized when the basis is first asked
+        # for, or with every other pass's by `normalize_together`.
+        self._direction = direction
         self._norms = norms
         self._image, self._iterate, self._reducer = image, iterate, reducer
         # ‖H‖_F², the input's whole energy, when an adaptive rank needs it.
         self.energy: torch.Tensor | None = None
+
+    @property
+    def basis(self) -> torch.Tensor:
+        if self._basis is None:
+            normalize_together([self])
+        assert self._basis is not None
+        return self._basis
 
     @property
     def norms(self) -> torch.Tensor:
@@ -200,10 +215,34 @@ def _rank_one(h: torch.Tensor, v: torch.Tensor, steps: int, reducer: Reducer) ->
         v = pending.wait()
         if step % NORMALIZE_EVERY == 0 and step < steps:
             v = v * (START_SCALE / _norm(v))
-    # 0/0 (a zero input) and inf/inf (an overflow) are NaN, finite/inf is 0: a zero
-    # basis, which probes nothing.
-    q = torch.nan_to_num(v / _norm(v), nan=0.0, posinf=0.0, neginf=0.0)
-    return Subspace(q, image=image, iterate=iterate, reducer=reducer)
+    return Subspace(direction=v, image=image, iterate=iterate, reducer=reducer)
+
+
+def normalize_together(subspaces: Sequence[Subspace]) -> None:
+    """Normalize the rank-one directions of `subspaces` into their bases, stacking those
+    of one shape: five kernels per shape instead of three per layer input (a pass of a
+    small model has a hundred inputs and two or three shapes).
+
+    Each row's norm is a reduction of that row alone, as `_norm` of it would be, so the
+    bases are the same bits whether normalized together or one by one.
+    """
+    groups: dict[tuple[Any, ...], list[tuple[Subspace, torch.Tensor]]] = {}
+    seen: set[int] = set()  # layers that read one input share its subspace
+    for subspace in subspaces:
+        v = subspace._direction
+        if v is not None and id(subspace) not in seen:
+            seen.add(id(subspace))
+            groups.setdefault((tuple(v.shape), v.dtype, v.device), []).append((subspace, v))
+    for group in groups.values():
+        directions = [v for _, v in group]
+        stacked = directions[0].unsqueeze(0) if len(group) == 1 else torch.stack(directions)
+        norms = _norm(stacked, dim=tuple(range(1, stacked.dim())), keepdim=True)
+        # 0/0 (a zero input) and inf/inf (an overflow) are NaN, finite/inf is 0: a zero
+        # basis, which probes nothing. The norm is rounded to the vector's dtype first, as
+        # dividing by a float64 scalar would do.
+        bases = torch.nan_to_num(stacked / norms.to(stacked.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+        for (subspace, _), basis in zip(group, bases.unbind(0)):
+            subspace._basis, subspace._direction = basis, None
 
 
 def exact_subspace(h: torch.Tensor, rank: int) -> Subspace:
@@ -537,6 +576,7 @@ class ActivationCapture:
     def _merged(self) -> dict[int, Subspace]:
         """Each tensor's subspace; a layer run several times merges its calls' in order."""
         self._advance(finish=True)
+        normalize_together([p.subspace() for calls in self._summaries.values() for p in calls])
         merged = {}
         for index, calls in self._summaries.items():
             summary = calls[0].subspace()
