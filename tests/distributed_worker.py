@@ -36,6 +36,12 @@ def zo_trainer(settings: dict[str, Any]) -> torch.nn.Module:
     return zo_trainer_run(Path(settings["output_dir"]), settings["per_device"])
 
 
+def distinct(ids: torch.Tensor) -> list[int]:
+    from agzo.observe.token_rows import TokenRows
+
+    return TokenRows.from_lookups(ids).distinct().tolist()
+
+
 def reductions(rank: int) -> dict[str, Any]:
     """Each reduction of the seam with different inputs (and example counts) per process."""
     from agzo.core.distributed import DistributedReducer
@@ -53,8 +59,8 @@ def reductions(rank: int) -> dict[str, Any]:
     return {
         "async": started | {"between": between},
         "loss": reducer.loss(float(rank + 1)),
-        "rows": reducer.union_rows(mine_rows).tolist(),
-        "no_rows": reducer.union_rows(mine_rows[:0] if rank == 0 else mine_rows).tolist(),
+        "rows": distinct(reducer.union_rows(mine_rows)),
+        "no_rows": distinct(reducer.union_rows(mine_rows[:0] if rank == 0 else mine_rows)),
         "norms": reducer.norm(torch.tensor([[3.0, 0.0], [4.0, 1.0]][rank])).tolist(),
         "sum": reducer.sum_(product).flatten().tolist(),
         "mean_gradient": gradient.tolist(),

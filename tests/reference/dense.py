@@ -187,11 +187,19 @@ def agzo_deltas(
         if is_embedding:
             table = next(m for m in embeddings if m.weight is param)
             ids = torch.cat([x.reshape(-1) for x in inputs[id(table)]])
+            positions = ids.numel()  # one noise row is drawn per looked-up position
             if row_mask is not None and ids.numel() == row_mask.numel():
                 ids = ids[row_mask.reshape(-1).bool()]
-            rows = torch.unique(ids)
+            # Each distinct real id takes the noise row at its first position among the
+            # real ids sorted.
             gen = generator_for(dev, step_seed, probe, i, STREAM_PERTURBATION, 1)
-            delta[rows] += torch.randn(len(rows), param.shape[1], generator=gen)
+            size = positions * param.shape[1]
+            draw = torch.randn(-(-size // 16) * 16, generator=gen)[:size]
+            noise = draw.view(positions, param.shape[1])
+            ordered = sorted(ids.tolist())
+            for position, row in enumerate(ordered):
+                if position == 0 or ordered[position - 1] != row:
+                    delta[row] += noise[position]
         deltas.append(delta)
     return deltas
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from agzo.core.reduce import PendingSum, Reducer
+from agzo.core.reduce import NO_ROW, PendingSum, Reducer
 
 __all__ = ["DistributedReducer", "ProcessGroupError", "collective"]
 
@@ -153,22 +153,21 @@ class DistributedReducer(Reducer):
         squares = self._all_reduce(norms * norms, "summing AGZO's subspace norms")
         return squares.sqrt()
 
-    def union_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        # Processes look up different numbers of rows: gather the counts, pad to the
-        # largest with -1, gather the rows.
+    def union_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        # Processes' batches pad to different lengths: gather the counts, pad every list
+        # to the longest with NO_ROW (padding, which sorts last), gather the lists.
         device = comm_device()
-        count = torch.tensor([rows.numel()], dtype=torch.int64, device=device)
+        count = torch.tensor([ids.numel()], dtype=torch.int64, device=device)
         counts = [torch.empty_like(count) for _ in range(self.world_size)]
         with collective("gathering the embedding rows"):
             dist.all_gather(counts, count, group=self.group)
         width = int(max(int(c) for c in counts))
-        padded = torch.full((width,), -1, dtype=torch.int64, device=device)
-        padded[: rows.numel()] = rows.to(device, torch.int64)
+        padded = torch.full((width,), NO_ROW, dtype=torch.int64, device=device)
+        padded[: ids.numel()] = ids.to(device, torch.int64)
         gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
         with collective("gathering the embedding rows"):
             dist.all_gather(gathered, padded, group=self.group)
-        every = torch.cat(gathered)
-        return torch.unique(every[every >= 0]).to(rows.device, rows.dtype)
+        return torch.cat(gathered).to(ids.device)
 
     def mean_(self, tensors: Sequence[torch.Tensor]) -> None:
         total = self._all_reduce(torch.tensor([float(self.examples)]), "counting examples")

@@ -2,7 +2,7 @@
 
 A zeroth-order step reduces three things over the examples of its batch: the losses
 whose difference is the estimate, AGZO's power-iteration products HᵀHq and their norms
-(sums over tokens), and the embedding rows the batch looked up (a union). Every such
+(sums over tokens), and the embedding rows the batch looked up (a union of lists). Every such
 reduction goes through a `Reducer`, so that a run whose batch is split across processes
 only has to supply another reducer: no method changes.
 
@@ -16,6 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+# The id of a position that looks up no embedding row (padding); it sorts after every id.
+NO_ROW = torch.iinfo(torch.int64).max
 
 
 class PendingSum:
@@ -57,9 +60,10 @@ class Reducer:
         """Euclidean norms over processes from this process's norms (root of summed squares)."""
         return norms
 
-    def union_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """The sorted union over processes of sorted, unique row indices."""
-        return rows
+    def union_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every process's looked-up ids (a 1-D list, `NO_ROW` at padding) as one list,
+        in any order; processes may pad their lists with `NO_ROW`."""
+        return ids
 
     def mean_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Means over this process's examples (first-order gradients) made means over the

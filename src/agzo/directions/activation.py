@@ -32,6 +32,7 @@ from agzo.directions.gaussian import gaussian_direction
 from agzo.directions.low_rank import low_rank_dims
 from agzo.directions.sampler import DirectionSampler, ObservationContext, ProbeContext
 from agzo.observe import AccumulatedCapture, ActivationCapture, CapturedSubspaces
+from agzo.observe.token_rows import TokenRows
 from agzo.params import TrainableTensor
 from agzo.seeding import (
     STREAM_PERTURBATION,
@@ -178,7 +179,7 @@ class ActivationSampler(DirectionSampler):
         return LowRankDirection(factor, basis.to(tensor.param.device), transposed=tensor.transposed)
 
     def _row_part(
-        self, tensor: TrainableTensor, rows: torch.Tensor, ctx: ProbeContext
+        self, tensor: TrainableTensor, rows: TokenRows, ctx: ProbeContext
     ) -> RowDirection:
         # A stream distinct from the linear part's, so a tied table's two parts are independent.
         seed_parts = (ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION, 1)

@@ -2,7 +2,7 @@
 
 Zeroth-order methods add μΔ, evaluate, then subtract (μ + ηg)Δ. Storing a dense Δ per
 tensor would double the model's memory, so each direction keeps only what regenerates it:
-a seed for Gaussian noise, the small factors of a low-rank product, or the few rows an
+a seed for Gaussian noise, the small factors of a low-rank product, or the rows an
 embedding lookup touched. `add_to` updates the weight in place; `dense` materializes Δ
 for the rare callers that need it (stateful update rules, gradient-alignment probes).
 
@@ -20,7 +20,8 @@ from types import EllipsisType
 import torch
 from torch.autograd.profiler import record_function
 
-from agzo.seeding import generator_for
+from agzo.observe.token_rows import TokenRows
+from agzo.seeding import ALIGN_ENTRIES, generator_for
 
 # Float32 working copies of low-precision weights are made this many entries at a time.
 CHUNK_ENTRIES = 1 << 22
@@ -186,29 +187,45 @@ class LowRankDirection(Direction):
 
 
 class RowDirection(Direction):
-    """Gaussian noise on a few rows only (embedding rows of the tokens in the batch)."""
+    """Gaussian noise on the rows a batch looked up only (an embedding table's).
+
+    One noise row is drawn per looked-up position (`TokenRows`: a size the host knows)
+    and each distinct row takes the noise at its first position; repeats add nothing.
+    """
 
     def __init__(
         self,
         shape: torch.Size,
-        rows: torch.Tensor,
+        rows: TokenRows,
         device: torch.device,
         seed_parts: Sequence[int],
     ) -> None:
         self.shape = shape
-        self.rows = rows.to(device=device, dtype=torch.long)
+        self.rows = rows.to(device)
         self.device = device
         self.seed_parts = tuple(seed_parts)
 
     def values(self) -> torch.Tensor:
+        """A noise row per position (n x d), zero on repeats."""
         with record_function("agzo.rng"):
             gen = generator_for(self.device, *self.seed_parts)
-            size = (self.rows.numel(), *self.shape[1:])
-            return torch.randn(size, generator=gen, dtype=torch.float32, device=self.device)
+            width = self.shape[1:].numel()
+            size = self.rows.positions * width
+            # Drawn to a multiple of ALIGN_ENTRIES: the first rows of a longer draw are
+            # then the same numbers, so a batch padded more (or split across processes,
+            # whose lists are longer) gives its rows the same noise.
+            flat = torch.randn(
+                -(-size // ALIGN_ENTRIES) * ALIGN_ENTRIES,
+                generator=gen,
+                dtype=torch.float32,
+                device=self.device,
+            )
+            noise = flat[:size].view(self.rows.positions, *self.shape[1:])
+        return noise * self.rows.first.view(-1, *([1] * (noise.dim() - 1)))
 
     def dense(self) -> torch.Tensor:
         out = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
-        out.index_copy_(0, self.rows, self.values())
+        out.index_add_(0, self.rows.ids, self.values())
         return out
 
     def dense_rows(self, rows: Rows) -> torch.Tensor:
@@ -216,17 +233,26 @@ class RowDirection(Direction):
             return self.dense()
         start, stop, _ = rows.indices(self.shape[0])
         out = torch.zeros((stop - start, *self.shape[1:]), dtype=torch.float32, device=self.device)
-        inside = (self.rows >= start) & (self.rows < stop)
-        out.index_copy_(0, self.rows[inside] - start, self.values()[inside])
+        if stop <= start:
+            return out
+        # Positions outside the slice add zero (at a clamped index): no data-sized gather.
+        ids = self.rows.ids
+        inside = ((ids >= start) & (ids < stop)).to(torch.float32)
+        values = self.values() * inside.view(-1, *([1] * (len(self.shape) - 1)))
+        out.index_add_(0, (ids - start).clamp(0, stop - start - 1), values)
         return out
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
         values = self.values()
         if is_low_precision(param):
-            updated = param.index_select(0, self.rows).float().add_(values, alpha=alpha)
-            param.index_copy_(0, self.rows, updated.to(param.dtype))
+            # Every position of a row carries that row's noise, so each writes the same
+            # rounded value and the order of the writes does not matter.
+            values = values.index_select(0, self.rows.group_starts())
+            updated = param.index_select(0, self.rows.ids).float().add_(values, alpha=alpha)
+            param.index_copy_(0, self.rows.ids, updated.to(param.dtype))
         else:
-            param.index_add_(0, self.rows, values.to(param.dtype), alpha=alpha)
+            # Repeats add exact zeros, in whatever order the additions run.
+            param.index_add_(0, self.rows.ids, values.to(param.dtype), alpha=alpha)
 
 
 class SumDirection(Direction):

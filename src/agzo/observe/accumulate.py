@@ -68,8 +68,7 @@ class AccumulatedCapture(ActivationCapture):
     def result(self) -> CapturedSubspaces:
         if self._result is None:
             bases = {i: self._basis(p) for i, p in self._products.items()}
-            rows = {i: self.reducer.union_rows(r) for i, r in self._token_rows.items()}
-            self._result = CapturedSubspaces(bases=bases, token_rows=rows)
+            self._result = CapturedSubspaces(bases=bases, token_rows=self._looked_up_rows())
         return self._result
 
     def _basis(self, product: torch.Tensor) -> torch.Tensor:

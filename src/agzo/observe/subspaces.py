@@ -8,9 +8,9 @@ thin QR, in float32. Only the d_in x r basis outlives the hook: H itself is rele
 the forward pass, so capturing costs no more memory than inference.
 
 Embedding tables are hooked too: their input is token ids, whose one-hot rows make the
-gradient non-zero only in the rows of the tokens that occurred.
+gradient non-zero only in the rows of the tokens that occurred (`TokenRows`).
 
-Sums over tokens (the products HᵀHq, the norms) and the union of token rows go through
+Sums over tokens (the products HᵀHq, the norms) and the lists of token rows go through
 a `Reducer`, so a batch split across processes yields the basis of the whole batch.
 
 This module knows nothing about how the bases are used (see `agzo.directions`).
@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.autograd.profiler import record_function
 
-from agzo.core.reduce import LOCAL, Reducer
+from agzo.core.reduce import LOCAL, NO_ROW, Reducer
+from agzo.observe.token_rows import TokenRows
 from agzo.params import TrainableTensor
 from agzo.seeding import STREAM_POWER_ITERATION, generator_for, split_draw
 
@@ -317,7 +318,7 @@ class CapturedSubspaces:
     """What one capturing forward pass learned, keyed by `TrainableTensor.index`."""
 
     bases: dict[int, torch.Tensor]
-    token_rows: dict[int, torch.Tensor]
+    token_rows: dict[int, TokenRows]
     # With an adaptive rank: each basis's number of columns in use (a device scalar; the
     # columns beyond it are zero).
     ranks: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -375,7 +376,7 @@ class ActivationCapture:
         self._lag = PIPELINE_LAG if reducer.collective else 0
         self._inputs_seen = 0
         self._in_flight: list[PendingSubspace] = []
-        self._token_rows: dict[int, torch.Tensor] = {}
+        self._token_rows: dict[int, list[torch.Tensor]] = {}  # each call's ids
         self._calls: dict[int, int] = {}
         self._last_input: weakref.ref[torch.Tensor] | None = None
         self._last_version = 0
@@ -508,17 +509,9 @@ class ActivationCapture:
             if not args or not isinstance(args[0], torch.Tensor):
                 return
             ids, weights = self._rows(args[0].detach(), feature_dims=0)
-            if weights is not None:
-                # Padding positions take the id of the first real token, so the set of
-                # rows is the real tokens' without a data-dependent gather.
-                real = weights.reshape(-1) > 0
-                first_real = real.to(torch.uint8).argmax().reshape(1)
-                ids = torch.where(real, ids, ids.index_select(0, first_real))
-            rows = torch.unique(ids.reshape(-1))
-            previous = self._token_rows.get(tensor.index)
-            if previous is not None:
-                rows = torch.unique(torch.cat([previous, rows.to(previous.device)]))
-            self._token_rows[tensor.index] = rows
+            if weights is not None:  # padding looks up no row
+                ids = torch.where(weights.reshape(-1) > 0, ids, NO_ROW)
+            self._token_rows.setdefault(tensor.index, []).append(ids.reshape(-1))
 
         return hook
 
@@ -585,9 +578,16 @@ class ActivationCapture:
             merged[index] = summary
         return merged
 
+    def _looked_up_rows(self) -> dict[int, TokenRows]:
+        """Each embedding's rows over every call and process."""
+        return {
+            i: TokenRows.from_lookups(self.reducer.union_rows(torch.cat(calls)))
+            for i, calls in self._token_rows.items()
+        }
+
     @property
     def result(self) -> CapturedSubspaces:
-        token_rows = {i: self.reducer.union_rows(r) for i, r in self._token_rows.items()}
+        token_rows = self._looked_up_rows()
         summaries = self._merged()
         if self.energy >= 1.0:
             bases = {i: summary.basis for i, summary in summaries.items()}
