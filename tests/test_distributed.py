@@ -322,6 +322,41 @@ def test_when_a_process_dies_the_other_stops_with_a_clear_error(
     assert not list((two_processes["folder"] / "dies" / "checkpoints").glob(".tmp-*"))
 
 
+THREE = {
+    "agzo-3": {"optimizer": "agzo", "batch_size": 6},
+    "mezo-3": {"optimizer": "mezo", "batch_size": 6},
+}
+
+
+def test_three_processes_reach_the_one_process_weights(
+    model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Beyond a pair: three ranks (two examples each, padded to their own lengths) agree
+    bit for bit and match one process on the whole batch of six."""
+    folder = tmp_path_factory.mktemp("three")
+    jobs = [
+        {"name": name, "config": tiny_settings(model_dir, folder / name, **changes)}
+        for name, changes in THREE.items()
+    ]
+    outcomes, _, codes, logs = run_workers({"jobs": jobs, "timeout": 60}, folder, world=3)
+    assert codes == [0, 0, 0], logs
+    for name, changes in THREE.items():
+        ranks = [o[name] for o in outcomes]
+        assert all("error" not in r for r in ranks), ranks
+        weights = [load_file(r["weights"]) for r in ranks]
+        for key in weights[0]:
+            assert all(torch.equal(weights[0][key], w[key]) for w in weights[1:]), key
+        single = train(
+            TrainConfig.from_dict(tiny_settings(model_dir, folder / f"{name}-one", **changes)),
+            quiet=True,
+        )
+        for key, value in trained(single.model).items():
+            torch.testing.assert_close(weights[0][key], value, rtol=1e-4, atol=1e-6, msg=key)
+        # The steps moved the weights: matching would otherwise be trivial.
+        at_2 = load_file(str(folder / name / "checkpoints" / "step-000002" / "weights.safetensors"))
+        assert any(not torch.equal(at_2[k], weights[0][k]) for k in at_2), name
+
+
 def test_batch_split_rules() -> None:
     assert split_evenly(list(range(6)), 3, 1) == [2, 3]
     check_batch_split(8, 2, 2)
