@@ -59,8 +59,8 @@ def reductions(rank: int) -> dict[str, Any]:
     return {
         "async": started | {"between": between},
         "loss": reducer.loss(float(rank + 1)),
-        "rows": distinct(reducer.union_rows(mine_rows)),
-        "no_rows": distinct(reducer.union_rows(mine_rows[:0] if rank == 0 else mine_rows)),
+        "rows": distinct(reducer.gather_rows(mine_rows)),
+        "no_rows": distinct(reducer.gather_rows(mine_rows[:0] if rank == 0 else mine_rows)),
         "norms": reducer.norm(torch.tensor([[3.0, 0.0], [4.0, 1.0]][rank])).tolist(),
         "sum": reducer.sum_(product).flatten().tolist(),
         "mean_gradient": gradient.tolist(),

@@ -153,7 +153,7 @@ class DistributedReducer(Reducer):
         squares = self._all_reduce(norms * norms, "summing AGZO's subspace norms")
         return squares.sqrt()
 
-    def union_rows(self, ids: torch.Tensor) -> torch.Tensor:
+    def gather_rows(self, ids: torch.Tensor) -> torch.Tensor:
         # Processes' batches pad to different lengths: gather the counts, pad every list
         # to the longest with NO_ROW (padding, which sorts last), gather the lists.
         device = comm_device()

@@ -2,7 +2,7 @@
 
 A zeroth-order step reduces three things over the examples of its batch: the losses
 whose difference is the estimate, AGZO's power-iteration products HᵀHq and their norms
-(sums over tokens), and the embedding rows the batch looked up (a union of lists). Every such
+(sums over tokens), and the embedding rows the batch looked up (lists, gathered). Every such
 reduction goes through a `Reducer`, so that a run whose batch is split across processes
 only has to supply another reducer: no method changes.
 
@@ -60,7 +60,7 @@ class Reducer:
         """Euclidean norms over processes from this process's norms (root of summed squares)."""
         return norms
 
-    def union_rows(self, ids: torch.Tensor) -> torch.Tensor:
+    def gather_rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Every process's looked-up ids (a 1-D list, `NO_ROW` at padding) as one list,
         in any order; processes may pad their lists with `NO_ROW`."""
         return ids

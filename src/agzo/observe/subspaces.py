@@ -581,7 +581,7 @@ class ActivationCapture:
     def _looked_up_rows(self) -> dict[int, TokenRows]:
         """Each embedding's rows over every call and process."""
         return {
-            i: TokenRows.from_lookups(self.reducer.union_rows(torch.cat(calls)))
+            i: TokenRows.from_lookups(self.reducer.gather_rows(torch.cat(calls)))
             for i, calls in self._token_rows.items()
         }
 
