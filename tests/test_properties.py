@@ -479,6 +479,17 @@ def test_row_noise_is_the_same_however_much_padding_the_batch_had() -> None:
     assert torch.equal(probes[0][4], draw[1])
 
 
+def test_no_lookup_and_only_padding_give_a_harmless_row_probe() -> None:
+    from agzo.directions.base import RowDirection
+
+    table = torch.randn(12, 5)
+    # Nothing looked up: no probe. Only padding: one probe row, row 0 (no real row to miss).
+    for rows, expected in ((_rows([]), []), (_rows([], padding=4), [0])):
+        before = table.clone()
+        RowDirection(table.shape, rows, torch.device("cpu"), (5,)).add_to(table, 0.1)
+        assert (table != before).any(dim=1).nonzero().flatten().tolist() == expected
+
+
 def test_row_probe_in_bfloat16_is_the_float32_update_rounded() -> None:
     from agzo.directions.base import RowDirection
 

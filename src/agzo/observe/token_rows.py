@@ -33,6 +33,8 @@ class TokenRows:
     def from_lookups(cls, ids: torch.Tensor) -> TokenRows:
         """From every looked-up position's id, `NO_ROW` at padding (any order, any shape)."""
         ordered = ids.reshape(-1).to(torch.long).sort().values
+        if ordered.numel() == 0:  # nothing looked up (a shape, so no sync to know it)
+            return cls(ordered, torch.zeros(0, dtype=torch.float32, device=ordered.device))
         real = ordered != NO_ROW
         # Padding takes the largest real id (none real: row 0, a probe of no consequence).
         largest = torch.where(real, ordered, -1).amax()
