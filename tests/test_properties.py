@@ -183,6 +183,10 @@ def test_token_rows_are_the_real_tokens_ids_only() -> None:
         table(ids)
     rows = capture.result.token_rows[0]
     assert rows.distinct().tolist() == [2, 3, 5, 9]
+    int32 = ActivationCapture(tensors, 1, 3, seed=0, attention_mask=mask)
+    with torch.no_grad(), int32:
+        table(ids.to(torch.int32))
+    assert torch.equal(int32.result.token_rows[0].ids, rows.ids)  # padding still sorts last
     # One position per lookup, padding included (a size the host knows), repeats unmarked.
     assert rows.positions == ids.numel()
     assert rows.ids.tolist() == [2, 2, 3, 3, 5, 5, 9] + [9] * 3

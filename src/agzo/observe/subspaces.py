@@ -509,6 +509,7 @@ class ActivationCapture:
             if not args or not isinstance(args[0], torch.Tensor):
                 return
             ids, weights = self._rows(args[0].detach(), feature_dims=0)
+            ids = ids.to(torch.long)  # NO_ROW needs 64 bits (int32 ids would wrap it)
             if weights is not None:  # padding looks up no row
                 ids = torch.where(weights.reshape(-1) > 0, ids, NO_ROW)
             self._token_rows.setdefault(tensor.index, []).append(ids.reshape(-1))
