@@ -211,9 +211,10 @@ class RowDirection(Direction):
             gen = generator_for(self.device, *self.seed_parts)
             width = self.shape[1:].numel()
             size = self.rows.positions * width
-            # Drawn to a multiple of ALIGN_ENTRIES: the first rows of a longer draw are
-            # then the same numbers, so a batch padded more (or split across processes,
-            # whose lists are longer) gives its rows the same noise.
+            # Drawn to a multiple of ALIGN_ENTRIES: on the CPU the first rows of a longer
+            # draw are then the same numbers, so a batch padded more (or split across
+            # processes, whose lists are longer) gives its rows the same noise. (A GPU
+            # lays a draw out by its size: there only the distribution is the same.)
             flat = torch.randn(
                 -(-size // ALIGN_ENTRIES) * ALIGN_ENTRIES,
                 generator=gen,
