@@ -26,7 +26,8 @@ Each run is a plain `agzo train` in its own process, up to --jobs at once, each 
 Runs go to OUT/<arm>-lr<rate>-seed<seed>, their output to OUT/logs/. Nothing is lost to an
 interruption: a finished run (summary.json written) is never run again, an unfinished one
 resumes from its last checkpoint (`agzo train --resume`), so the same command continues a
-study where it stopped. Checkpoints of finished runs are deleted (--keep-checkpoints keeps
+study where it stopped; `--continue OUT` repeats the command that last ran in OUT (kept in
+OUT/command.json). Checkpoints of finished runs are deleted (--keep-checkpoints keeps
 them). --report-only writes the tables from the finished runs alone. Arguments after `--`
 go to every run.
 
@@ -494,7 +495,7 @@ def study_json(study: Study, results: dict[RunSpec, RunResult], plans: dict[str,
         "metric": metric,
         "steps": study.args.steps,
         "seeds": study.seeds,
-        "command": shlex.join(sys.argv),
+        "command": study.args.command,
         "zero_shot": {str(k): v for k, v in zero_shot_by_seed(results, metric).items()},
         "icl": {str(s.seed): icl_metric(r, metric) for s, r in icl.items()},
         "icl_demonstrations": study.args.icl,
@@ -634,7 +635,26 @@ def hold_lock(out: Path) -> None:
         raise SystemExit(f"another runner (pid {pid}) is working in {out}; stop it first")
 
 
+COMMAND_FILE = "command.json"
+
+
+def recorded_command(out: Path) -> list[str]:
+    """The arguments of the last runner that worked in study folder `out`."""
+    path = out / COMMAND_FILE
+    if not path.is_file():
+        raise SystemExit(f"--continue: {path} not found; run the study's full command once")
+    argv = json.loads(path.read_text())["argv"]
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise SystemExit(f"--continue: {path} holds no argument list")
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--continue"]:
+        if len(argv) != 2:
+            raise SystemExit("usage: method_sweep.py --continue STUDY_FOLDER")
+        argv = recorded_command(Path(argv[1]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--data-dir", default=None)
@@ -660,6 +680,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="run nothing; report")
     parser.add_argument("train_args", nargs="*", help="after --: passed to every agzo train")
     args = parser.parse_args(argv)
+    args.command = shlex.join(["benchmarks/method_sweep.py", *argv])  # what --continue repeats
     if args.widen <= 1 or args.max_widen < 0 or args.jobs < 1:
         raise SystemExit("--widen must exceed 1, --max-widen be >= 0, --jobs be >= 1")
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -675,6 +696,7 @@ def main(argv: list[str] | None = None) -> None:
     study = Study(args, arms, grid, seeds)
     if not args.report_only:
         hold_lock(args.out)
+        (args.out / COMMAND_FILE).write_text(json.dumps({"argv": argv}, indent=1) + "\n")
         print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
               f"{args.threads} thread(s) each", flush=True)  # fmt: skip
         study.run()

@@ -89,6 +89,13 @@ def test_first_arms_finish_their_study_before_the_others_start(tmp_path: Path) -
     assert turns[:3] == ["agzo-lr3e-05-seed0", "mezo-lr1e-06-seed0", "agzo-lr1e-05-seed0"]
 
 
+def test_continue_needs_a_recorded_command(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="command.json not found"):
+        method_sweep.main(["--continue", str(tmp_path)])
+    with pytest.raises(SystemExit, match="usage"):
+        method_sweep.main(["--continue"])
+
+
 def test_bad_arms_and_grids_exit_with_one_line() -> None:
     with pytest.raises(SystemExit, match="unknown"):
         method_sweep.parse_grid(["nosuch=1e-5"], {})
@@ -158,14 +165,17 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(model_dir: Path, tmp_pat
     method_sweep.main(argv)
     run = out / "agzo-lr0.001-seed0"
     first = json.loads((run / "summary.json").read_text())
-    # As if cut off after its last checkpoint and before its summary was written.
+    # As if cut off after its last checkpoint and before its summary was written; the
+    # study continued by `--continue` (the recorded command).
     (run / "summary.json").unlink()
-    method_sweep.main(argv)
+    method_sweep.main(["--continue", str(out)])
     commands = commands_run(out / "logs" / f"{run.name}.txt")
     assert len(commands) == 2 and "--overwrite" in commands[0] and "--resume" in commands[1]
     again = json.loads((run / "summary.json").read_text())
     assert again["steps"] == first["steps"] == 4
     assert again["final"]["test"] == first["final"]["test"]
+    # The report names the study's full command, not the `--continue` that repeated it.
+    assert "--grid agzo=1e-3" in json.loads((out / "sweep.json").read_text())["command"]
 
 
 def test_the_paper_style_table_puts_tasks_side_by_side(tmp_path: Path) -> None:
