@@ -146,6 +146,9 @@ def main() -> None:
         if "error" in outcome and outcome["error"] != "TrainError":
             break  # the group is broken: nothing more can run
     watched.clear()
+    # Left to interpreter shutdown, gloo's threads may still hold tensors of finished
+    # work and abort the process (SIGABRT) while Python is torn down.
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
