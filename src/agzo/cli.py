@@ -39,6 +39,7 @@ from agzo.tasks import TaskDataError, available_tasks, get_task
 from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import (
     CUSTOM_TASK,
+    CUSTOM_TASK_FIELDS,
     DEFAULT_TASK,
     ConfigError,
     TrainConfig,
@@ -186,12 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         (
             "task",
             "data_dir",
-            "data_file",
-            "template",
-            "labels",
-            "label_field",
-            "columns",
-            "answer_field",
+            *CUSTOM_TASK_FIELDS,
             "chat_template",
             "demonstrations",
             "max_new_tokens",
@@ -245,22 +241,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-_CUSTOM_FIELDS = (
-    "data_dir",
-    "data_file",
-    "template",
-    "labels",
-    "label_field",
-    "columns",
-    "answer_field",
-)
+_TASK_DATA_FIELDS = ("data_dir", *CUSTOM_TASK_FIELDS)
 
 
 def _eval(args: argparse.Namespace) -> int:
     flags = _config_values(args)
     values, weights = saved_settings(flags.pop("model", TrainConfig.model))
     if "task" in flags and flags["task"] != values.get("task"):
-        for name in _CUSTOM_FIELDS:  # the run's own task data does not carry over
+        for name in _TASK_DATA_FIELDS:  # the run's own task data does not carry over
             values.pop(name, None)
     values.update(flags)
     config = TrainConfig.from_dict(values, source="flags")

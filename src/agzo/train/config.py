@@ -40,6 +40,7 @@ from agzo.train.layers import parse_layers
 
 __all__ = [
     "CUSTOM_TASK",
+    "CUSTOM_TASK_FIELDS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_CHECKPOINT_EVERY",
     "DEFAULT_EVAL_EVERY",
@@ -68,6 +69,8 @@ class ConfigError(ValueError):
 # few hundred steps.
 DEFAULT_TASK = "synthetic-sentiment"
 CUSTOM_TASK = "custom"
+# The fields that describe a custom task's data; a benchmark task takes none of them.
+CUSTOM_TASK_FIELDS = ("data_file", "template", "labels", "label_field", "columns", "answer_field")
 
 # The embedded default run (`agzo train` with no arguments) is sized for ~10 minutes on
 # 2 CPU cores: SmolLM2 load ~20 s; zero-shot dev + test on 200 + 200 examples ~30 s;
@@ -321,14 +324,6 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def _check_task(self) -> None:
-        custom_fields = (
-            "data_file",
-            "template",
-            "labels",
-            "label_field",
-            "columns",
-            "answer_field",
-        )
         if self.task != CUSTOM_TASK:
             if self.task not in available_tasks():
                 close = difflib.get_close_matches(self.task, available_tasks(), n=1)
@@ -338,7 +333,7 @@ class TrainConfig:
                     f"{', '.join(available_tasks())}, or {CUSTOM_TASK!r} with --data-file, "
                     "--template and --labels"
                 )
-            given = [_flag(name) for name in custom_fields if getattr(self, name) is not None]
+            given = [_flag(name) for name in CUSTOM_TASK_FIELDS if getattr(self, name) is not None]
             if given:
                 raise ConfigError(
                     f"{', '.join(given)} only apply to --task {CUSTOM_TASK} "
