@@ -669,6 +669,27 @@ def test_exact_svd_basis_refuses_a_batch_split_across_processes() -> None:
         ActivationCapture(tensors, 1, 3, seed=0, reducer=Collective(), exact=True)
 
 
+@pytest.mark.parametrize("rows, cols", [(40, 12), (12, 40)], ids=["tall", "wide"])
+def test_exact_basis_is_the_svds_top_right_singular_vectors(rows: int, cols: int) -> None:
+    """Whichever Gram matrix it decomposes (the smaller one), the exact basis is the SVD's:
+    the same top vectors and singular values, sign fixed, and zero for a zero input."""
+    from agzo.observe.subspaces import exact_subspace
+
+    generator = torch.Generator().manual_seed(5)
+    u, _, v = torch.linalg.svd(torch.randn(rows, cols, generator=generator), full_matrices=False)
+    values = torch.tensor([8.0, 5.0, 3.0] + [0.5] * (min(rows, cols) - 3))
+    h = (u * values) @ v
+    exact = exact_subspace(h, 3)
+    _, s, vh = torch.linalg.svd(h.double(), full_matrices=False)
+    for j in range(3):
+        assert abs(float(exact.basis[:, j].double() @ vh[j])) == pytest.approx(1.0, abs=1e-5)
+        column = exact.basis[:, j]
+        assert float(column[column.abs().argmax()]) > 0  # the sign convention
+    torch.testing.assert_close(exact.norms.double(), s[:3], rtol=1e-5, atol=0)
+    zero = exact_subspace(torch.zeros(rows, cols), 2)
+    assert torch.equal(zero.basis, torch.zeros(cols, 2)) and not zero.norms.any()
+
+
 def test_power_iteration_approaches_the_exact_basis_of_real_rows() -> None:
     """With a spectral gap, K = 3 power steps and the exact SVD agree; padding rows
     change neither."""
