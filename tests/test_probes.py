@@ -107,6 +107,10 @@ def test_probe_commands_from_the_cli(tmp_path, capsys) -> None:
     assert "unknown shape" in capsys.readouterr().err
     assert main(["probe", "memory", "--configs", "inference,sgd", "--output", str(out)]) == 2
     assert "unknown config" in capsys.readouterr().err
+    # A quantized base is frozen: a method that trains it would measure something else.
+    assert main(["probe", "memory", "--quantize", "4", "--configs", "inference,agzo",
+                 "--output", str(out)]) == 2  # fmt: skip
+    assert "agzo train(s) them" in capsys.readouterr().err
 
 
 def test_alignment_probe_reads_a_training_checkpoint(model_dir, shared_data_dir, tmp_path):
@@ -133,3 +137,14 @@ def test_alignment_probe_reads_a_training_checkpoint(model_dir, shared_data_dir,
     # At lr 0.5 two steps move the weights: the probed gradient, hence the cosine, differs.
     cosine = {k: v["results"][0]["cosine"]["mean"] for k, v in outputs.items()}
     assert cosine["trained"] != cosine["base"]
+
+
+def test_memory_probe_on_a_quantized_base_measures_only_what_leaves_it_frozen() -> None:
+    from agzo.probes.commands import _frozen_base_configs
+
+    everything = ["inference", "agzo", "mezo", "zo-act", "fo-adamw"]
+    assert _frozen_base_configs(everything, 4, explicit=False) == ["inference", "zo-act"]
+    assert _frozen_base_configs(["inference", "zo-act"], 8, explicit=True) == [
+        "inference",
+        "zo-act",
+    ]

@@ -234,6 +234,21 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _frozen_base_configs(chosen: list[str], bits: int, explicit: bool) -> list[str]:
+    """The configurations that can run on a quantized base: inference and the methods
+    that leave the base weights alone. Asked for by name, any other is an error, as in
+    `agzo train`; by default they are left out."""
+    from agzo.methods import get_method
+
+    trains_base = [c for c in chosen if c != "inference" and get_method(c).trains_base_weights]
+    if trains_base and explicit:
+        raise ProbeError(
+            f"--quantize {bits} freezes the base weights in a quantized form, but "
+            f"{', '.join(trains_base)} train(s) them; measure inference and zo-act"
+        )
+    return [c for c in chosen if c not in trains_base]
+
+
 def _check_choices(kind: str, given: list[str], valid: Sequence[str]) -> None:
     unknown = [g for g in given if g not in valid]
     if unknown:
@@ -265,6 +280,8 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
     _check_choices("shape", [args.shape], list(SHAPES))
     chosen = _csv(args.configs) if args.configs else list(memory_configs())
     _check_choices("config", chosen, memory_configs())
+    if args.quantize is not None:
+        chosen = _frozen_base_configs(chosen, args.quantize, explicit=bool(args.configs))
 
     done: list[MemoryRow] = []
 
