@@ -433,3 +433,30 @@ def test_benchmark_tasks_train_with_their_papers_loss_by_default() -> None:
     assert losses == {"sst2": "candidates", "rte": "candidates", "copa": "lm"}
     assert TrainConfig().resolved()["loss"] == "lm"  # the generated default task
     assert TrainConfig(task="sst2", loss="lm").resolved()["loss"] == "lm"  # a flag wins
+
+
+def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
+    """Without --lr, AGZO on SST-2 trains at the study's choice; any setting the study did
+    not run (another loss, a preset, adapters, a layer subset, another option) falls back
+    to the method's default, and a given --lr always wins."""
+    from agzo.methods import get_method
+    from agzo.tasks import get_task
+    from agzo.train import TrainConfig
+
+    chosen = get_task("sst2").chosen_rate("agzo")
+    default = get_method("agzo").defaults().lr
+    assert chosen is not None and chosen != default
+    assert TrainConfig(task="sst2").resolved()["lr"] == chosen
+    assert TrainConfig(task="sst2", loss="candidates").learning_rate == chosen
+    assert TrainConfig(task="sst2", lr=1e-6).learning_rate == 1e-6
+    for changed in (
+        {"loss": "lm"},
+        {"preset": "paper"},
+        {"lora_rank": 8},
+        {"layers": "3"},
+        {"options": {"rank": 4}},
+    ):
+        assert TrainConfig(task="sst2", **changed).learning_rate == default, changed
+    assert TrainConfig(task="rte").learning_rate == default  # no study choice there yet
+    mezo = get_method("mezo").defaults().lr
+    assert TrainConfig(task="sst2", optimizer="mezo").learning_rate == mezo

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import typing
@@ -301,7 +302,11 @@ def _tasks(args: argparse.Namespace) -> int:
     for name in names:
         task = get_task(name)
         default = " (default)" if name == DEFAULT_TASK else ""
-        print(f"{name:<{width}}  {task.metric:<8}  {task.description}{default}")
+        rates = getattr(task, "chosen_rates", ())
+        chosen = (
+            " [the study's lr: " + ", ".join(f"{m} {r:g}" for m, r in rates) + "]" if rates else ""
+        )
+        print(f"{name:<{width}}  {task.metric:<8}  {task.description}{default}{chosen}")
     print(
         f"{CUSTOM_TASK:<{width}}  {'accuracy':<8}  your data: --task custom --data-file FILE "
         "--template TEXT --labels '0=negative,1=positive'"
@@ -360,6 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agzo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`agzo tasks | head`): nothing more to say
+        # Python would report the pipe again while flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ProcessGroupError as error:  # another process of a multi-process run failed
         print(f"agzo: error: {_one_line(error)}", file=sys.stderr)
         return 1

@@ -27,8 +27,9 @@ from agzo.methods.registry import BuildContext, Method, register
 @dataclass(frozen=True)
 class AGZOOptions(ZerothOrderOptions):
     # 1e-4 learns the embedded generated task in 150 steps; on SST-2 with every
-    # parameter trained it diverged and the dev search chose 1e-5 (docs/RESULTS.md).
-    lr: float = option(1e-4, "learning rate (pass 1e-5 on benchmark tasks)")
+    # parameter trained it diverges, and the study chose 3e-5 there (a task's own rate,
+    # `BenchmarkTask.chosen_rates`, comes first).
+    lr: float = option(1e-4, "learning rate (a task's study-chosen rate first: `agzo tasks`)")
     rank: int = option(1, "subspace rank r per linear layer (paper: 1)")
     power_steps: int = option(3, "power-iteration steps K (paper: 3)")
     embedding_mode: str = option("activation", "embedding probes: " + " | ".join(EMBEDDING_MODES))

@@ -488,7 +488,26 @@ class TrainConfig:
         """The method's options dataclass: the given settings, then the preset's, then the
         method's defaults."""
         preset = self.method.presets[self.preset] if self.preset else {}
-        return self.method.make_options(**{**preset, "lr": self.lr, **self.options})
+        lr = self.lr if self.lr is not None else self.task_rate
+        return self.method.make_options(**{**preset, "lr": lr, **self.options})
+
+    @property
+    def task_rate(self) -> float | None:
+        """The rate the study chose for this method on this task, where this run has the
+        study's settings: the task's own loss, every parameter trained (no adapters, no
+        layer subset) and the method's defaults (no preset, no other option). Else None."""
+        if self.task not in available_tasks():  # a custom task (or an unknown one)
+            return None
+        task = get_task(self.task)
+        in_study_settings = (
+            self.preset is None
+            and not self.options
+            and self.lora_rank is None
+            and self.layers is None
+            and self.loss in (None, getattr(task, "paper_loss", "lm"))
+        )
+        chosen_rate = getattr(task, "chosen_rate", None)
+        return chosen_rate(self.optimizer) if in_study_settings and chosen_rate else None
 
     @property
     def loss_kind(self) -> str:
