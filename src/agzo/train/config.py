@@ -164,7 +164,12 @@ class TrainConfig:
     optimizer: str = field(
         default="agzo", metadata=_help("method (see `agzo methods`): " + " | ".join(method_names()))
     )
-    lr: float | None = field(default=None, metadata=_help("learning rate (default per method)"))
+    lr: float | None = field(
+        default=None,
+        metadata=_help(
+            "learning rate (default: the study's choice for the task, else the method's)"
+        ),
+    )
     options: dict[str, Any] = field(
         default_factory=dict,
         metadata=_help("the method's own settings, given flat: --rank 4 (see `agzo methods`)"),
