@@ -68,6 +68,17 @@ def test_runs_that_keep_the_lowest_dev_loss_choose_their_rate_by_dev_loss() -> N
     assert result(math.nan, math.nan, "dev-accuracy").selection_key() == (math.inf, math.inf)
 
 
+def test_the_reported_step_time_is_the_median_step_not_the_wall_time() -> None:
+    """A run paused for minutes in one step (SIGSTOP) reports its ordinary step time."""
+    steps = [{"split": "train", "step": i, "step_time": t} for i, t in enumerate([2.0, 3.0, 600.0])]
+    evaluation = {"split": "dev", "step": 2, "accuracy": 0.5}
+    result = method_sweep.RunResult(
+        method_sweep.RunSpec("agzo", 1e-5, 0), {"seconds_per_step": 201.7}, [*steps, evaluation]
+    )
+    assert result.median_step_seconds == 3.0
+    assert math.isnan(method_sweep.RunResult(result.spec, {}, []).median_step_seconds)
+
+
 def test_middle_out_order_and_run_names_round_trip() -> None:
     assert method_sweep._middle_out([1.0, 2.0, 3.0, 4.0, 5.0]) == [3.0, 2.0, 4.0, 1.0, 5.0]
     spec = method_sweep.RunSpec("agzo-paper", 3e-6, 2)
