@@ -161,6 +161,12 @@ def test_a_study_widens_chooses_and_repeats(model_dir: Path, tmp_path: Path) -> 
     assert "--overwrite" in command and "--resume" not in command
     assert not (out / "agzo-r2-lr0.001-seed0" / "checkpoints").exists()  # pruned when done
     assert "| zero-shot |" in (out / "sweep.md").read_text() and (out / "sweep.png").is_file()
+    lines = (out / "sweep.md").read_text().splitlines()
+    for seed in (0, 1):
+        for kind in ("final", "lowest"):
+            prefix = f"- seed {seed}, MeZO's {kind} dev loss "
+            [line] = [line for line in lines if line.startswith(prefix)]
+            assert "agzo-r2 " in line and "mezo never" not in line  # MeZO reaches its own
 
     # The same command again launches nothing: every run it wants has finished.
     launched = {log.name: len(commands_run(log)) for log in (out / "logs").iterdir()}
