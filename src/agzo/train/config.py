@@ -490,8 +490,8 @@ class TrainConfig:
 
     @property
     def method_options(self) -> Any:
-        """The method's options dataclass: the given settings, then the preset's, then the
-        method's defaults."""
+        """The method's options dataclass: the given settings, then the preset's, then (for
+        the rate) the task's study-chosen one, then the method's defaults."""
         preset = self.method.presets[self.preset] if self.preset else {}
         lr = self.lr if self.lr is not None else self.task_rate
         return self.method.make_options(**{**preset, "lr": lr, **self.options})
