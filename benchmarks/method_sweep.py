@@ -458,6 +458,14 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def reference_mezo_arm(arms: dict[str, Arm]) -> str | None:
+    """The arm that is plain MeZO (no flags beyond the method), else the first MeZO arm:
+    a variant such as `mezo-lm` is no reference while MeZO itself runs."""
+    mezos = [arm for arm in arms.values() if arm.method == "mezo"]
+    plain = [arm for arm in mezos if arm.train_flags() == ["--optimizer", "mezo"]]
+    return (plain or mezos)[0].label if mezos else None
+
+
 def first_step_reaching(result: RunResult, target_loss: float) -> int | None:
     for step, loss in zip(*result.curve("dev", "loss"), strict=True):
         if loss <= target_loss:
@@ -568,7 +576,7 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
             f"| {label} | {plan.chosen:g}{edge} | {', '.join(f'{t:.3f}' for t in tests)} | "
             f"{mean_std(tests)} | {mean_std([r.dev_metric for r in runs])} |"
         )
-    mezo = next((label for label, arm in study.arms.items() if arm.method == "mezo"), None)
+    mezo = reference_mezo_arm(study.arms)
     if mezo is not None and plans[mezo].chosen is not None:
         # The final loss alone flatters whoever beats a run that rose at its last
         # evaluation; its lowest loss is the second target.

@@ -79,6 +79,18 @@ def test_the_reported_step_time_is_the_median_step_not_the_wall_time() -> None:
     assert math.isnan(method_sweep.RunResult(result.spec, {}, []).median_step_seconds)
 
 
+def test_the_reference_mezo_arm_is_plain_mezo_even_after_a_variant() -> None:
+    arms = {
+        "mezo-lm": method_sweep.Arm("mezo-lm", "mezo", ("--optimizer", "mezo", "--loss", "lm")),
+        "agzo": method_sweep.Arm("agzo", "agzo", ()),
+        "mezo": method_sweep.Arm("mezo", "mezo", ()),
+    }
+    assert method_sweep.reference_mezo_arm(arms) == "mezo"
+    del arms["mezo"]
+    assert method_sweep.reference_mezo_arm(arms) == "mezo-lm"
+    assert method_sweep.reference_mezo_arm({"agzo": arms["agzo"]}) is None
+
+
 def test_middle_out_order_and_run_names_round_trip() -> None:
     assert method_sweep._middle_out([1.0, 2.0, 3.0, 4.0, 5.0]) == [3.0, 2.0, 4.0, 1.0, 5.0]
     spec = method_sweep.RunSpec("agzo-paper", 3e-6, 2)
