@@ -503,23 +503,25 @@ class TrainConfig:
         layer subset) and the method's defaults (no preset, no other option). Else None."""
         if self.task not in available_tasks():  # a custom task (or an unknown one)
             return None
-        task = get_task(self.task)
         in_study_settings = (
             self.preset is None
             and not self.options
             and self.lora_rank is None
             and self.layers is None
-            and self.loss in (None, getattr(task, "paper_loss", "lm"))
+            and self.loss in (None, self._paper_loss())
         )
-        chosen_rate = getattr(task, "chosen_rate", None)
-        return chosen_rate(self.optimizer) if in_study_settings and chosen_rate else None
+        chosen_rate = getattr(get_task(self.task), "chosen_rate", None)
+        if not in_study_settings or chosen_rate is None:
+            return None
+        return chosen_rate(self.optimizer)
 
     @property
     def loss_kind(self) -> str:
         """The loss trained: --loss if given, else the one the task's paper trains with
         (MeZO's protocol), else the language-model loss."""
-        if self.loss is not None:
-            return self.loss
+        return self.loss if self.loss is not None else self._paper_loss()
+
+    def _paper_loss(self) -> str:
         if self.task == CUSTOM_TASK:
             return "lm"
         return str(getattr(get_task(self.task), "paper_loss", "lm"))
