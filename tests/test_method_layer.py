@@ -458,5 +458,6 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     ):
         assert TrainConfig(task="sst2", **changed).learning_rate == default, changed
     assert TrainConfig(task="rte").learning_rate == default  # no study choice there yet
-    mezo = get_method("mezo").defaults().lr
-    assert TrainConfig(task="sst2", optimizer="mezo").learning_rate == mezo
+    assert TrainConfig(task="sst2", optimizer="mezo").learning_rate == 3e-5  # chosen too
+    lozo = get_method("lozo").defaults().lr
+    assert TrainConfig(task="sst2", optimizer="lozo").learning_rate == lozo  # not chosen yet
