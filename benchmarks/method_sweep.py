@@ -481,6 +481,48 @@ def chosen_runs(study: Study, plan: ArmPlan, label: str,
             if (s := RunSpec(label, plan.chosen, seed)) in results]  # fmt: skip
 
 
+def leading_run(study: Study, plan: ArmPlan, label: str,
+                results: dict[RunSpec, RunResult]) -> RunResult | None:  # fmt: skip
+    """The first seed's run at the chosen rate, or while the search goes on, the best
+    finished so far by the same key that will choose."""
+    finished = [r for s, r in results.items() if s.arm == label and s.seed == study.seeds[0]]
+    if plan.chosen is not None:
+        finished = [r for r in finished if r.spec.lr == plan.chosen]
+    return min(finished, key=lambda r: (r.selection_key(), r.spec.lr), default=None)
+
+
+def dev_curves(study: Study, plans: dict[str, ArmPlan],
+               results: dict[RunSpec, RunResult]) -> list[str]:  # fmt: skip
+    """Markdown: every evaluation of each arm's leading first-seed run, dev metric / dev
+    loss side by side, so the arms' pace can be read step by step."""
+    leaders = {label: run for label, plan in plans.items()
+               if (run := leading_run(study, plan, label, results)) is not None}  # fmt: skip
+    if not leaders:
+        return []
+    metric = next(iter(leaders.values())).metric
+    by_step: dict[int, dict[str, str]] = {}
+    for label, run in leaders.items():
+        steps, values = run.curve("dev", metric)
+        losses = dict(zip(*run.curve("dev", "loss"), strict=True))
+        for step, value in zip(steps, values, strict=True):
+            loss = losses.get(step, math.nan)
+            by_step.setdefault(step, {})[label] = f"{value:.3f} / {loss:.3f}"
+    searching = {label for label in leaders if plans[label].chosen is None}
+    heads = [f"{label} {run.spec.lr:g}" + (" (searching)" if label in searching else "")
+             for label, run in leaders.items()]  # fmt: skip
+    lines = [
+        f"Dev {metric} / dev loss along seed {study.seeds[0]}, each arm at its chosen rate "
+        "(while searching: its best finished so far):",
+        "",
+        "| step | " + " | ".join(heads) + " |",
+        "|---|" + "---|" * len(heads),
+    ]
+    for step in sorted(by_step):
+        cells = [by_step[step].get(label, "") for label in leaders]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def icl_metric(report: dict[str, Any], metric: str) -> float:
     """The test metric from `agzo eval --output`'s JSON."""
     return float(report["results"]["test"][metric])
@@ -576,6 +618,8 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
             f"| {label} | {plan.chosen:g}{edge} | {', '.join(f'{t:.3f}' for t in tests)} | "
             f"{mean_std(tests)} | {mean_std([r.dev_metric for r in runs])} |"
         )
+    if curves := dev_curves(study, plans, results):
+        lines += ["", *curves]
     mezo = reference_mezo_arm(study.arms)
     if mezo is not None and plans[mezo].chosen is not None:
         # The final loss alone flatters whoever beats a run that rose at its last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -89,6 +90,31 @@ def test_the_reference_mezo_arm_is_plain_mezo_even_after_a_variant() -> None:
     del arms["mezo"]
     assert method_sweep.reference_mezo_arm(arms) == "mezo-lm"
     assert method_sweep.reference_mezo_arm({"agzo": arms["agzo"]}) is None
+
+
+def test_the_dev_curves_follow_each_arms_chosen_or_leading_first_seed_run() -> None:
+    def run(arm: str, lr: float, seed: int, accuracies: list[float]) -> method_sweep.RunResult:
+        records = [{"split": "dev", "step": 10 * i, "accuracy": a, "loss": 1 - a}
+                   for i, a in enumerate(accuracies)]  # fmt: skip
+        best = max(accuracies)
+        summary = {"metric": "accuracy", "final": {"dev": {"accuracy": best, "loss": 1 - best}}}
+        return method_sweep.RunResult(method_sweep.RunSpec(arm, lr, seed), summary, records)
+
+    runs = [run("agzo", 1e-5, 0, [0.5, 0.6]), run("agzo", 3e-5, 0, [0.5, 0.7]),
+            run("agzo", 3e-5, 1, [0.5, 0.9]),  # another seed: never the curve shown
+            run("mezo", 1e-5, 0, [0.5, 0.8]), run("mezo", 3e-5, 0, [0.5, 0.55])]  # fmt: skip
+    results = {r.spec: r for r in runs}
+    study = method_sweep.Study(argparse.Namespace(), {}, {}, [0, 1])
+    plans = {  # MeZO's search has chosen its lower rate; AGZO's goes on
+        "agzo": method_sweep.ArmPlan([1e-5, 3e-5, 1e-4], [1e-4], None, False),
+        "mezo": method_sweep.ArmPlan([3e-6, 1e-5, 3e-5], [], 1e-5, False),
+        "lozo": method_sweep.ArmPlan([1e-5], [1e-5], None, False),  # nothing finished
+    }
+    lines = method_sweep.dev_curves(study, plans, results)
+    assert lines[2] == "| step | agzo 3e-05 (searching) | mezo 1e-05 |"
+    assert lines[4:] == ["| 0 | 0.500 / 0.500 | 0.500 / 0.500 |",
+                         "| 10 | 0.700 / 0.300 | 0.800 / 0.200 |"]  # fmt: skip
+    assert method_sweep.dev_curves(study, {"lozo": plans["lozo"]}, results) == []
 
 
 def test_middle_out_order_and_run_names_round_trip() -> None:
