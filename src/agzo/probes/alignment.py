@@ -11,6 +11,19 @@ time, so the probe fits wherever backprop fits. Per layer, the local cosine
 |⟨∇ₜ, Δₜ⟩| / (‖Δₜ‖ ‖∇ₜ‖) says how well that tensor's probe is aimed, and for activation
 probes the captured fraction ‖∇ₜ A Aᵀ‖ / ‖∇ₜ‖ says how much of the layer's gradient the
 subspace can represent at all.
+
+A better-aimed probe need not make a step do more: how far a step may go is set by the
+loss's curvature along the probe. With `curvature=True` each draw also evaluates the loss
+at W ± μΔ (μ the estimator's own eps), which gives
+
+    ΔᵀHΔ ≈ (f(W+μΔ) + f(W−μΔ) − 2f(W)) / μ²     (second difference)
+    g    = the estimator's own finite difference (two- or one-sided, as it trains)
+
+and so the expected loss change of one SGD step W − ηgΔ in the quadratic model,
+−η·E[g⟨∇,Δ⟩] + η²/2·E[g²ΔᵀHΔ]. Its minimum over η is at η* = E[g⟨∇,Δ⟩] / E[g²ΔᵀHΔ],
+where the loss falls by E[g⟨∇,Δ⟩]² / (2E[g²ΔᵀHΔ]): the most one step of this estimator
+can do on this batch, at the learning rate that does it. The Rayleigh quotient
+ΔᵀHΔ / ‖Δ‖² says how curved the loss is along the probe's direction.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from agzo.core.estimator import Probe
 from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.directions import ProbeContext
 from agzo.observe import CapturedSubspaces
@@ -45,6 +59,48 @@ class Summary:
 
 
 @dataclass
+class OneStep:
+    """An estimator's one-step quadratic model on the probed batch (see the module doc)."""
+
+    rayleigh: Summary  # ΔᵀHΔ / ‖Δ‖², the curvature along the probe's direction
+    best_lr: float  # η* = E[g⟨∇,Δ⟩] / E[g²ΔᵀHΔ]
+    best_decrease: float  # E[g⟨∇,Δ⟩]² / (2 E[g²ΔᵀHΔ]): the loss one step removes at η*
+    best_decrease_ci95: tuple[float, float]  # bootstrap percentile interval over draws
+    negative_curvature_draws: int  # draws with ΔᵀHΔ < 0 (the quadratic model is local)
+
+    @classmethod
+    def of(cls, draws: Sequence[DrawCurvature], resamples: int = 2000) -> OneStep:
+        def best(sample: Sequence[DrawCurvature]) -> tuple[float, float]:
+            a = sum(d.g * d.directional for d in sample) / len(sample)
+            b = sum(d.g * d.g * d.curvature for d in sample) / len(sample)
+            return (a / b, a * a / (2 * b)) if b > 0 else (math.inf, math.inf)
+
+        lr, decrease = best(draws)
+        # A fixed generator: the same draws always give the same interval.
+        generator = torch.Generator().manual_seed(0)
+        picks = torch.randint(len(draws), (resamples, len(draws)), generator=generator)
+        boot = sorted(best([draws[i] for i in row])[1] for row in picks.tolist())
+        interval = (boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1])
+        return cls(
+            Summary.of([d.curvature / d.delta_sq for d in draws]),
+            lr,
+            decrease,
+            interval,
+            sum(d.curvature < 0 for d in draws),
+        )
+
+
+@dataclass(frozen=True)
+class DrawCurvature:
+    """One draw's measurements along its probe Δ."""
+
+    directional: float  # ⟨∇, Δ⟩ from backprop
+    g: float  # the estimator's own finite difference
+    curvature: float  # ΔᵀHΔ by second difference
+    delta_sq: float  # ‖Δ‖²
+
+
+@dataclass
 class AlignmentResult:
     name: str
     cosine: Summary
@@ -52,14 +108,19 @@ class AlignmentResult:
     captured_fraction: dict[str, float] = field(default_factory=dict)
     # With an adaptive rank: the rank each linear weight used, in the first draw.
     ranks: dict[str, int] = field(default_factory=dict)
+    one_step: OneStep | None = None  # with curvature=True
 
     def to_dict(self) -> dict[str, object]:
+        one_step = None
+        if self.one_step is not None:
+            one_step = {**vars(self.one_step), "rayleigh": vars(self.one_step.rayleigh)}
         return {
             "name": self.name,
             "cosine": vars(self.cosine),
             "per_tensor": {k: vars(v) for k, v in self.per_tensor.items()},
             "captured_fraction": self.captured_fraction,
             "ranks": self.ranks,
+            "one_step": one_step,
         }
 
 
@@ -83,16 +144,21 @@ def measure_alignment(
     attention_mask: torch.Tensor | None = None,
     gradient: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str, int], None] | None = None,
+    curvature: bool = False,
 ) -> list[AlignmentResult]:
     """Expected cosine between each estimator's g·Δ and the backprop gradient.
 
     estimators: name -> factory(model, seed) building the optimizer whose probes are
     measured (only its sampler and tensor selection are used; no step is taken).
     The cosine is taken over the tensors each optimizer trains.
+    curvature: also measure the loss along each probe and fit the one-step quadratic
+    model (`OneStep`; two more forward passes per draw).
     """
     grads = gradient if gradient is not None else true_gradient(model, closure)
+    f0 = _loss(closure) if curvature else math.nan
     results = []
     for name, factory in estimators.items():
+        along: list[DrawCurvature] = []
         cosines: list[float] = []
         local: dict[str, list[float]] = {}
         fractions: dict[str, float] = {}
@@ -123,6 +189,8 @@ def measure_alignment(
                     )
             denominator = math.sqrt(delta_sq * grad_sq)
             cosines.append(abs(dot) / denominator if denominator > 0 else 0.0)
+            if curvature:
+                along.append(_along_probe(closure, probe, opt, f0, dot, delta_sq))
             if progress is not None:
                 progress(name, draw)
         results.append(
@@ -132,9 +200,39 @@ def measure_alignment(
                 {k: Summary.of(v) for k, v in local.items()},
                 fractions,
                 ranks,
+                OneStep.of(along) if along else None,
             )
         )
     return results
+
+
+def _loss(closure: Callable[[], torch.Tensor]) -> float:
+    with torch.no_grad():
+        return float(closure())
+
+
+def _along_probe(
+    closure: Callable[[], torch.Tensor],
+    probe: Probe,
+    opt: ZerothOrderOptimizer,
+    f0: float,
+    directional: float,
+    delta_sq: float,
+) -> DrawCurvature:
+    """f(W ± μΔ) with the estimator's μ, then the weights shifted back (as MeZO's SPSA
+    does: up to one rounding per shift)."""
+    eps = opt.eps
+    probe.shift(eps)
+    offset = eps  # where the weights sit, in units of Δ: shifted back whatever happens
+    try:
+        f_plus = _loss(closure)
+        probe.shift(-2 * eps)
+        offset = -eps
+        f_minus = _loss(closure)
+    finally:
+        probe.shift(-offset)
+    g = (f_plus - f_minus) / (2 * eps) if opt.two_sided else (f_plus - f0) / eps
+    return DrawCurvature(directional, g, (f_plus + f_minus - 2 * f0) / eps**2, delta_sq)
 
 
 def captured_fraction(grad: torch.Tensor, basis: torch.Tensor, transposed: bool) -> float:

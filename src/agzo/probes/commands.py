@@ -67,6 +67,11 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--lora-rank", type=int, default=None, help="probe peft LoRA adapters of this rank"
     )
     align.add_argument("--lora-targets", default=None, help="comma-separated module names")
+    align.add_argument(
+        "--curvature", action="store_true",
+        help="also measure the loss's curvature along each probe and the most one SGD step "
+        "can lower the batch's loss, at the rate that does it (two more forwards per draw)",
+    )  # fmt: skip
     align.add_argument("--output", default="probe-alignment", help="output directory")
 
     memory = kinds.add_parser("memory", help="peak memory per method, one fresh process each")
@@ -208,6 +213,7 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
         attention_mask=batch.attention_mask,
         gradient=gradient,
         progress=progress,
+        curvature=args.curvature,
     )
     payload = {
         "model": args.model,
@@ -230,8 +236,27 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
             used = sorted(r.ranks.values())
             print(f"{'':<22}ranks used: mean {sum(used) / len(used):.2f}, min {used[0]}, "
                   f"max {used[-1]} over {len(used)} linear weights")  # fmt: skip
+    if args.curvature:
+        _print_one_step(results)
     print(f"wrote {out / 'alignment.json'} and {out / 'alignment.png'}")
     return 0
+
+
+def _print_one_step(results: Sequence[Any]) -> None:
+    """The one-step quadratic model per estimator (agzo.probes.alignment's module doc)."""
+    mezo = next((r.one_step for r in results if r.name == "mezo"), None)
+    print()
+    print(f"{'estimator':<22}{'ΔᵀHΔ/‖Δ‖²':>12}{'± 95%':>11}{'best lr':>11}"
+          f"{'loss drop':>12}{'95% interval':>24}{'/ MeZO':>9}")  # fmt: skip
+    for r in results:
+        m = r.one_step
+        low, high = m.best_decrease_ci95
+        ratio = f"{m.best_decrease / mezo.best_decrease:>9.2f}" if mezo else ""
+        down = m.negative_curvature_draws
+        note = f"  ({down} draws curve down)" if down else ""
+        interval = f"{low:.3g} - {high:.3g}"
+        print(f"{r.name:<22}{m.rayleigh.mean:>12.4g}{m.rayleigh.ci95:>11.2g}{m.best_lr:>11.3g}"
+              f"{m.best_decrease:>12.3g}{interval:>24}{ratio}{note}")  # fmt: skip
 
 
 def _frozen_base_configs(chosen: list[str], bits: int, explicit: bool) -> list[str]:
