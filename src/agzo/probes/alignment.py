@@ -23,11 +23,15 @@ and so the expected loss change of one SGD step W − ηgΔ in the quadratic mod
 −η·E[g⟨∇,Δ⟩] + η²/2·E[g²ΔᵀHΔ]. Its minimum over η is at η* = E[g⟨∇,Δ⟩] / E[g²ΔᵀHΔ],
 where the loss falls by E[g⟨∇,Δ⟩]² / (2E[g²ΔᵀHΔ]): the most one step of this estimator
 can do on this batch, at the learning rate that does it. The Rayleigh quotient
-ΔᵀHΔ / ‖Δ‖² says how curved the loss is along the probe's direction.
+ΔᵀHΔ / ‖Δ‖² says how curved the loss is along the probe's direction. A step also descends
+along the batch's own noise, which other examples do not share: with the gradient of
+held-out training examples ∇ₕ in place of ∇ in the first term, the model says how much
+of the step's descent carries over.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,34 +64,102 @@ class Summary:
 
 @dataclass
 class OneStep:
-    """An estimator's one-step quadratic model on the probed batch (see the module doc)."""
+    """An estimator's one-step quadratic model on the probed batch (see the module doc).
+
+    The loss change of the step W − ηgΔ is modelled as −η·a + η²/2·b, with a = E[g⟨∇,Δ⟩]
+    (descent along the gradient) and b = E[g²ΔᵀHΔ] (what the step's length costs through
+    the curvature). With a held-out gradient ∇ₕ (other training examples), aₕ = E[g⟨∇ₕ,Δ⟩]
+    is the descent that carries over to data the step did not see.
+    """
 
     rayleigh: Summary  # ΔᵀHΔ / ‖Δ‖², the curvature along the probe's direction
-    best_lr: float  # η* = E[g⟨∇,Δ⟩] / E[g²ΔᵀHΔ]
-    best_decrease: float  # E[g⟨∇,Δ⟩]² / (2 E[g²ΔᵀHΔ]): the loss one step removes at η*
+    descent: float  # a
+    cost: float  # b
+    heldout_descent: float  # aₕ (NaN without a held-out gradient)
     best_decrease_ci95: tuple[float, float]  # bootstrap percentile interval over draws
+    heldout_best_decrease_ci95: tuple[float, float]
     negative_curvature_draws: int  # draws with ΔᵀHΔ < 0 (the quadratic model is local)
 
     @classmethod
     def of(cls, draws: Sequence[DrawCurvature], resamples: int = 2000) -> OneStep:
-        def best(sample: Sequence[DrawCurvature]) -> tuple[float, float]:
-            a = sum(d.g * d.directional for d in sample) / len(sample)
-            b = sum(d.g * d.g * d.curvature for d in sample) / len(sample)
-            return (a / b, a * a / (2 * b)) if b > 0 else (math.inf, math.inf)
+        def moments(sample: Sequence[DrawCurvature]) -> tuple[float, float, float]:
+            n = len(sample)
+            return (
+                sum(d.g * d.directional for d in sample) / n,
+                sum(d.g * d.g * d.curvature for d in sample) / n,
+                sum(d.g * d.heldout_directional for d in sample) / n,
+            )
 
-        lr, decrease = best(draws)
-        # A fixed generator: the same draws always give the same interval.
+        a, b, a_heldout = moments(draws)
+        # A fixed generator: the same draws always give the same intervals.
         generator = torch.Generator().manual_seed(0)
         picks = torch.randint(len(draws), (resamples, len(draws)), generator=generator)
-        boot = sorted(best([draws[i] for i in row])[1] for row in picks.tolist())
-        interval = (boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1])
+        boot = [moments([draws[i] for i in row]) for row in picks.tolist()]
+
+        def interval(descent: Callable[[tuple[float, float, float]], float]) -> tuple[float, float]:
+            values = sorted(_best_decrease(descent(m), m[1]) for m in boot)
+            return values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]
+
         return cls(
             Summary.of([d.curvature / d.delta_sq for d in draws]),
-            lr,
-            decrease,
-            interval,
+            a,
+            b,
+            a_heldout,
+            interval(lambda m: m[0]),
+            interval(lambda m: m[2]),
             sum(d.curvature < 0 for d in draws),
         )
+
+    @property
+    def best_lr(self) -> float:
+        """η* = a / b: the rate at which one step lowers the batch's loss the most."""
+        return _best_lr(self.descent, self.cost)
+
+    @property
+    def best_decrease(self) -> float:
+        """a² / 2b: how much one step at η* lowers the batch's loss."""
+        return _best_decrease(self.descent, self.cost)
+
+    @property
+    def heldout_best_lr(self) -> float:
+        return _best_lr(self.heldout_descent, self.cost)
+
+    @property
+    def heldout_best_decrease(self) -> float:
+        return _best_decrease(self.heldout_descent, self.cost)
+
+    def decrease_at(self, lr: float, heldout: bool = False) -> float:
+        """How much one step at `lr` lowers the loss in the model: η·a − η²/2·b."""
+        descent = self.heldout_descent if heldout else self.descent
+        return lr * descent - lr * lr / 2 * self.cost
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **{k: v for k, v in vars(self).items() if k != "rayleigh"},
+            "rayleigh": vars(self.rayleigh),
+            "best_lr": self.best_lr,
+            "best_decrease": self.best_decrease,
+            "heldout_best_lr": self.heldout_best_lr,
+            "heldout_best_decrease": self.heldout_best_decrease,
+        }
+
+
+def _best_lr(descent: float, cost: float) -> float:
+    if math.isnan(descent) or descent <= 0:
+        return math.nan if math.isnan(descent) else 0.0
+    return descent / cost if cost > 0 else math.inf
+
+
+def _best_decrease(descent: float, cost: float) -> float:
+    """max over η ≥ 0 of η·descent − η²/2·cost: 0 when the step does not descend (a
+    learning rate is positive), unbounded when nothing curves the step back."""
+    if math.isnan(descent):
+        return math.nan
+    if descent <= 0:
+        return 0.0
+    if cost <= 0:
+        return math.inf
+    return descent * descent / (2 * cost)
 
 
 @dataclass(frozen=True)
@@ -98,6 +170,7 @@ class DrawCurvature:
     g: float  # the estimator's own finite difference
     curvature: float  # ΔᵀHΔ by second difference
     delta_sq: float  # ‖Δ‖²
+    heldout_directional: float = math.nan  # ⟨∇ₕ, Δ⟩ with a held-out gradient
 
 
 @dataclass
@@ -111,16 +184,13 @@ class AlignmentResult:
     one_step: OneStep | None = None  # with curvature=True
 
     def to_dict(self) -> dict[str, object]:
-        one_step = None
-        if self.one_step is not None:
-            one_step = {**vars(self.one_step), "rayleigh": vars(self.one_step.rayleigh)}
         return {
             "name": self.name,
             "cosine": vars(self.cosine),
             "per_tensor": {k: vars(v) for k, v in self.per_tensor.items()},
             "captured_fraction": self.captured_fraction,
             "ranks": self.ranks,
-            "one_step": one_step,
+            "one_step": self.one_step.to_dict() if self.one_step is not None else None,
         }
 
 
@@ -145,6 +215,7 @@ def measure_alignment(
     gradient: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str, int], None] | None = None,
     curvature: bool = False,
+    heldout_gradient: dict[int, torch.Tensor] | None = None,
 ) -> list[AlignmentResult]:
     """Expected cosine between each estimator's g·Δ and the backprop gradient.
 
@@ -153,6 +224,8 @@ def measure_alignment(
     The cosine is taken over the tensors each optimizer trains.
     curvature: also measure the loss along each probe and fit the one-step quadratic
     model (`OneStep`; two more forward passes per draw).
+    heldout_gradient: ∇ on other examples (keyed by id(param), as `true_gradient`): the
+    one-step model then also says how much of the descent carries over to them.
     """
     grads = gradient if gradient is not None else true_gradient(model, closure)
     f0 = _loss(closure) if curvature else math.nan
@@ -172,10 +245,14 @@ def measure_alignment(
             if draw == 0 and captured is not None:
                 names = {t.index: t.name for t in opt.tensors}
                 ranks = {names[i]: int(r) for i, r in captured.ranks.items()}
-            dot, delta_sq, grad_sq = 0.0, 0.0, 0.0
+            dot, delta_sq, grad_sq, heldout_dot = 0.0, 0.0, 0.0, math.nan
+            if heldout_gradient is not None:
+                heldout_dot = 0.0
             for tensor, direction in zip(probe.tensors, probe.directions):
                 g = grads[id(tensor.param)]
                 delta = direction.dense()
+                if heldout_gradient is not None:
+                    heldout_dot += float((heldout_gradient[id(tensor.param)] * delta).sum())
                 t_dot = float((g * delta).sum())
                 t_delta = float(delta.square().sum())
                 t_grad = float(g.square().sum())
@@ -190,7 +267,8 @@ def measure_alignment(
             denominator = math.sqrt(delta_sq * grad_sq)
             cosines.append(abs(dot) / denominator if denominator > 0 else 0.0)
             if curvature:
-                along.append(_along_probe(closure, probe, opt, f0, dot, delta_sq))
+                draw_curvature = _along_probe(closure, probe, opt, f0, dot, delta_sq)
+                along.append(dataclasses.replace(draw_curvature, heldout_directional=heldout_dot))
             if progress is not None:
                 progress(name, draw)
         results.append(
