@@ -84,27 +84,20 @@ def test_curvature_along_a_probe_is_the_hessians_quadratic_form(estimator: str) 
 def test_one_step_model_picks_the_minimizing_rate_and_brackets_it() -> None:
     from agzo.probes.alignment import DrawCurvature, OneStep
 
-    # Two draws: E[g⟨∇,Δ⟩] = (4 + 1) / 2 = 2.5, E[g²ΔᵀHΔ] = (4·10 + 1·2) / 2 = 21, and
-    # on held-out examples E[g⟨∇ₕ,Δ⟩] = (2·1 + (−1)·(−0.5)) / 2 = 1.25.
-    draws = [DrawCurvature(2.0, 2.0, 10.0, 5.0, 1.0), DrawCurvature(-1.0, -1.0, 2.0, 1.0, -0.5)]
+    # Two draws: E[g⟨∇,Δ⟩] = (4 + 1) / 2 = 2.5, E[g²ΔᵀHΔ] = (4·10 + 1·2) / 2 = 21.
+    draws = [DrawCurvature(2.0, 2.0, 10.0, 5.0), DrawCurvature(-1.0, -1.0, 2.0, 1.0)]
     model = OneStep.of(draws, resamples=200)
+    assert (model.descent, model.cost) == (2.5, 21.0)
     assert model.best_lr == pytest.approx(2.5 / 21)
     assert model.best_decrease == pytest.approx(2.5**2 / 42)
     assert model.decrease_at(model.best_lr) == pytest.approx(model.best_decrease)
     assert model.decrease_at(2 * model.best_lr) == pytest.approx(0.0, abs=1e-12)  # the edge
-    assert model.heldout_best_lr == pytest.approx(1.25 / 21)
-    assert model.heldout_best_decrease == pytest.approx(1.25**2 / 42)
-    assert model.decrease_at(0.01, heldout=True) == pytest.approx(0.01 * 1.25 - 0.0001 / 2 * 21)
-    for estimate, (low, high) in (
-        (model.best_decrease, model.best_decrease_ci95),
-        (model.heldout_best_decrease, model.heldout_best_decrease_ci95),
-    ):
-        assert low <= estimate <= high  # fmt: skip
-    without = OneStep.of([DrawCurvature(2.0, 2.0, 10.0, 5.0)], resamples=10)
-    assert math.isnan(without.heldout_best_decrease) and without.best_decrease == 0.2
-    # A step that climbs the held-out loss at every positive rate: the best is not to step.
-    climbing = OneStep.of([DrawCurvature(2.0, 2.0, 10.0, 5.0, -1.0)], resamples=10)
-    assert climbing.heldout_best_decrease == 0.0 and climbing.heldout_best_lr == 0.0
+    assert model.decrease_at(0.01) == pytest.approx(0.01 * 2.5 - 0.0001 / 2 * 21)
+    low, high = model.best_decrease_ci95
+    assert low <= model.best_decrease <= high
+    # An estimate that does not descend: the best positive rate is not to step.
+    climbing = OneStep.of([DrawCurvature(2.0, -2.0, 10.0, 5.0)], resamples=10)
+    assert climbing.best_decrease == 0.0 and climbing.best_lr == 0.0
     assert model.rayleigh.mean == pytest.approx((10 / 5 + 2 / 1) / 2)
     assert model.negative_curvature_draws == 0
     assert OneStep.of(draws, resamples=200) == model  # a fixed bootstrap
@@ -204,7 +197,7 @@ def test_alignment_probe_reads_a_training_checkpoint(model_dir, shared_data_dir,
         probe = ["probe", "alignment", "--model", str(spec), "--task", "sst2",
                  "--data-dir", str(shared_data_dir / "sst2"), "--batch-size", "2",
                  "--draws", "2", "--estimators", "mezo,agzo", "--output", str(out),
-                 "--curvature", "--heldout", "4", "--at-lr", "1e-3"]  # fmt: skip
+                 "--curvature", "--at-lr", "1e-3"]  # fmt: skip
         assert main(probe) == 0
         outputs[name] = json.loads((out / "alignment.json").read_text())
     assert outputs["trained"]["loss"] == "candidates"
@@ -213,7 +206,8 @@ def test_alignment_probe_reads_a_training_checkpoint(model_dir, shared_data_dir,
     for result in outputs["base"]["results"]:  # the one-step model, both estimators
         one_step = result["one_step"]
         assert one_step["rayleigh"]["n"] == 2 and one_step["best_lr"] != 0
-        assert math.isfinite(one_step["heldout_descent"])  # from the 4 held-out examples
+        a, b = one_step["descent"], one_step["cost"]
+        assert one_step["best_lr"] == (a / b if a > 0 and b > 0 else 0.0 if a <= 0 else math.inf)
     assert "loss drop of one step at lr 0.001: mezo " in printed
     # At lr 0.5 two steps move the weights: the probed gradient, hence the cosine, differs.
     cosine = {k: v["results"][0]["cosine"]["mean"] for k, v in outputs.items()}

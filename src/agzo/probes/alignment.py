@@ -23,15 +23,13 @@ and so the expected loss change of one SGD step W − ηgΔ in the quadratic mod
 −η·E[g⟨∇,Δ⟩] + η²/2·E[g²ΔᵀHΔ]. Its minimum over η is at η* = E[g⟨∇,Δ⟩] / E[g²ΔᵀHΔ],
 where the loss falls by E[g⟨∇,Δ⟩]² / (2E[g²ΔᵀHΔ]): the most one step of this estimator
 can do on this batch, at the learning rate that does it. The Rayleigh quotient
-ΔᵀHΔ / ‖Δ‖² says how curved the loss is along the probe's direction. A step also descends
-along the batch's own noise, which other examples do not share: with the gradient of
-held-out training examples ∇ₕ in place of ∇ in the first term, the model says how much
-of the step's descent carries over.
+ΔᵀHΔ / ‖Δ‖² says how curved the loss is along the probe's direction. The model is the
+probed batch's: a step also descends along that batch's own noise, which other examples
+do not share.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,45 +66,32 @@ class OneStep:
 
     The loss change of the step W − ηgΔ is modelled as −η·a + η²/2·b, with a = E[g⟨∇,Δ⟩]
     (descent along the gradient) and b = E[g²ΔᵀHΔ] (what the step's length costs through
-    the curvature). With a held-out gradient ∇ₕ (other training examples), aₕ = E[g⟨∇ₕ,Δ⟩]
-    is the descent that carries over to data the step did not see.
+    the curvature).
     """
 
     rayleigh: Summary  # ΔᵀHΔ / ‖Δ‖², the curvature along the probe's direction
     descent: float  # a
     cost: float  # b
-    heldout_descent: float  # aₕ (NaN without a held-out gradient)
     best_decrease_ci95: tuple[float, float]  # bootstrap percentile interval over draws
-    heldout_best_decrease_ci95: tuple[float, float]
     negative_curvature_draws: int  # draws with ΔᵀHΔ < 0 (the quadratic model is local)
 
     @classmethod
     def of(cls, draws: Sequence[DrawCurvature], resamples: int = 2000) -> OneStep:
-        def moments(sample: Sequence[DrawCurvature]) -> tuple[float, float, float]:
+        def moments(sample: Sequence[DrawCurvature]) -> tuple[float, float]:
             n = len(sample)
-            return (
-                sum(d.g * d.directional for d in sample) / n,
-                sum(d.g * d.g * d.curvature for d in sample) / n,
-                sum(d.g * d.heldout_directional for d in sample) / n,
-            )
+            a = sum(d.g * d.directional for d in sample) / n
+            return a, sum(d.g * d.g * d.curvature for d in sample) / n
 
-        a, b, a_heldout = moments(draws)
-        # A fixed generator: the same draws always give the same intervals.
+        a, b = moments(draws)
+        # A fixed generator: the same draws always give the same interval.
         generator = torch.Generator().manual_seed(0)
         picks = torch.randint(len(draws), (resamples, len(draws)), generator=generator)
-        boot = [moments([draws[i] for i in row]) for row in picks.tolist()]
-
-        def interval(descent: Callable[[tuple[float, float, float]], float]) -> tuple[float, float]:
-            values = sorted(_best_decrease(descent(m), m[1]) for m in boot)
-            return values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]
-
+        boot = sorted(_best_decrease(*moments([draws[i] for i in row])) for row in picks.tolist())
         return cls(
             Summary.of([d.curvature / d.delta_sq for d in draws]),
             a,
             b,
-            a_heldout,
-            interval(lambda m: m[0]),
-            interval(lambda m: m[2]),
+            (boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]),
             sum(d.curvature < 0 for d in draws),
         )
 
@@ -120,18 +105,9 @@ class OneStep:
         """a² / 2b: how much one step at η* lowers the batch's loss."""
         return _best_decrease(self.descent, self.cost)
 
-    @property
-    def heldout_best_lr(self) -> float:
-        return _best_lr(self.heldout_descent, self.cost)
-
-    @property
-    def heldout_best_decrease(self) -> float:
-        return _best_decrease(self.heldout_descent, self.cost)
-
-    def decrease_at(self, lr: float, heldout: bool = False) -> float:
-        """How much one step at `lr` lowers the loss in the model: η·a − η²/2·b."""
-        descent = self.heldout_descent if heldout else self.descent
-        return lr * descent - lr * lr / 2 * self.cost
+    def decrease_at(self, lr: float) -> float:
+        """How much one step at `lr` lowers the batch's loss in the model: η·a − η²/2·b."""
+        return lr * self.descent - lr * lr / 2 * self.cost
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -139,22 +115,18 @@ class OneStep:
             "rayleigh": vars(self.rayleigh),
             "best_lr": self.best_lr,
             "best_decrease": self.best_decrease,
-            "heldout_best_lr": self.heldout_best_lr,
-            "heldout_best_decrease": self.heldout_best_decrease,
         }
 
 
 def _best_lr(descent: float, cost: float) -> float:
-    if math.isnan(descent) or descent <= 0:
-        return math.nan if math.isnan(descent) else 0.0
+    if descent <= 0:
+        return 0.0
     return descent / cost if cost > 0 else math.inf
 
 
 def _best_decrease(descent: float, cost: float) -> float:
     """max over η ≥ 0 of η·descent − η²/2·cost: 0 when the step does not descend (a
     learning rate is positive), unbounded when nothing curves the step back."""
-    if math.isnan(descent):
-        return math.nan
     if descent <= 0:
         return 0.0
     if cost <= 0:
@@ -170,7 +142,6 @@ class DrawCurvature:
     g: float  # the estimator's own finite difference
     curvature: float  # ΔᵀHΔ by second difference
     delta_sq: float  # ‖Δ‖²
-    heldout_directional: float = math.nan  # ⟨∇ₕ, Δ⟩ with a held-out gradient
 
 
 @dataclass
@@ -215,7 +186,6 @@ def measure_alignment(
     gradient: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str, int], None] | None = None,
     curvature: bool = False,
-    heldout_gradient: dict[int, torch.Tensor] | None = None,
 ) -> list[AlignmentResult]:
     """Expected cosine between each estimator's g·Δ and the backprop gradient.
 
@@ -224,8 +194,6 @@ def measure_alignment(
     The cosine is taken over the tensors each optimizer trains.
     curvature: also measure the loss along each probe and fit the one-step quadratic
     model (`OneStep`; two more forward passes per draw).
-    heldout_gradient: ∇ on other examples (keyed by id(param), as `true_gradient`): the
-    one-step model then also says how much of the descent carries over to them.
     """
     grads = gradient if gradient is not None else true_gradient(model, closure)
     f0 = _loss(closure) if curvature else math.nan
@@ -245,14 +213,10 @@ def measure_alignment(
             if draw == 0 and captured is not None:
                 names = {t.index: t.name for t in opt.tensors}
                 ranks = {names[i]: int(r) for i, r in captured.ranks.items()}
-            dot, delta_sq, grad_sq, heldout_dot = 0.0, 0.0, 0.0, math.nan
-            if heldout_gradient is not None:
-                heldout_dot = 0.0
+            dot, delta_sq, grad_sq = 0.0, 0.0, 0.0
             for tensor, direction in zip(probe.tensors, probe.directions):
                 g = grads[id(tensor.param)]
                 delta = direction.dense()
-                if heldout_gradient is not None:
-                    heldout_dot += float((heldout_gradient[id(tensor.param)] * delta).sum())
                 t_dot = float((g * delta).sum())
                 t_delta = float(delta.square().sum())
                 t_grad = float(g.square().sum())
@@ -267,8 +231,7 @@ def measure_alignment(
             denominator = math.sqrt(delta_sq * grad_sq)
             cosines.append(abs(dot) / denominator if denominator > 0 else 0.0)
             if curvature:
-                draw_curvature = _along_probe(closure, probe, opt, f0, dot, delta_sq)
-                along.append(dataclasses.replace(draw_curvature, heldout_directional=heldout_dot))
+                along.append(_along_probe(closure, probe, opt, f0, dot, delta_sq))
             if progress is not None:
                 progress(name, draw)
         results.append(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -81,11 +80,6 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--curvature", action="store_true",
         help="also measure the loss's curvature along each probe and the most one SGD step "
         "can lower the batch's loss, at the rate that does it (two more forwards per draw)",
-    )  # fmt: skip
-    align.add_argument(
-        "--heldout", type=int, default=64,
-        help="with --curvature: training examples after the probed batch whose gradient "
-        "says how much of a step's descent carries over (0: none)",
     )  # fmt: skip
     align.add_argument(
         "--at-lr", type=_floats, default=[],
@@ -205,20 +199,9 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
 
         targets = _csv(args.lora_targets) if args.lora_targets else None
         model = cast(Any, wrap_with_lora(model, args.lora_rank, targets=targets))
-    heldout = args.heldout if args.curvature else 0
-    if heldout < 0:
-        raise ProbeError(f"--heldout must be >= 0, got {heldout}")
-    # The training split is a prefix of one shuffled pool: the probed batch is the same
-    # with or without the held-out examples after it.
     splits = load_splits(
-        args.task, args.data_dir, seed=args.seed, n_train=args.batch_size + heldout,
-        n_dev=1, n_test=1,
-    )  # fmt: skip
-    if len(splits.train) < args.batch_size + heldout:
-        raise ProbeError(
-            f"{args.task} has {len(splits.train)} training examples: too few for a batch of "
-            f"{args.batch_size} and {heldout} held out"
-        )
+        args.task, args.data_dir, seed=args.seed, n_train=args.batch_size, n_dev=1, n_test=1
+    )
     from agzo.train.config import TrainConfig
     from agzo.train.objective import LossKind
 
@@ -231,10 +214,6 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
 
     started = time.time()
     gradient = true_gradient(model, closure)
-    heldout_gradient = None
-    if heldout:
-        heldout_batch = scorer.batch(splits.train[args.batch_size :])
-        heldout_gradient = true_gradient(model, lambda: scorer.loss(heldout_batch))
 
     def progress(name: str, draw: int) -> None:
         if draw + 1 == args.draws:
@@ -249,7 +228,6 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
         gradient=gradient,
         progress=progress,
         curvature=args.curvature,
-        heldout_gradient=heldout_gradient,
     )
     payload = {
         "model": args.model,
@@ -260,7 +238,6 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
         "include": args.include,
         "exclude": args.exclude,
         "curvature": args.curvature,
-        "heldout": heldout,
         "results": [r.to_dict() for r in results],
     }
     (out / "alignment.json").write_text(json.dumps(payload, indent=2))
@@ -283,37 +260,24 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
 def _print_one_step(results: Sequence[Any], rates: Sequence[float]) -> None:
     """The one-step quadratic model per estimator (agzo.probes.alignment's module doc)."""
     mezo = next((r.one_step for r in results if r.name == "mezo"), None)
-
-    def span(interval: tuple[float, float]) -> str:
-        return f"{interval[0]:.3g} - {interval[1]:.3g}"
-
     print()
-    print("One SGD step in the quadratic model (loss drop: at the best lr; held out: on the "
-          "examples after the batch)")  # fmt: skip
-    print(f"{'estimator':<22}{'ΔᵀHΔ/‖Δ‖²':>11}{'best lr':>10}{'loss drop':>11}{'95%':>19}"
-          f"{'held out':>10}{'95%':>19}{'/ MeZO':>8}")  # fmt: skip
+    print("One SGD step in the quadratic model of the batch's loss (a = E[g<∇,Δ>], "
+          "b = E[g²ΔᵀHΔ]; best lr a/b, loss drop a²/2b)")  # fmt: skip
+    print(f"{'estimator':<22}{'ΔᵀHΔ/‖Δ‖²':>11}{'a':>10}{'b':>10}{'best lr':>10}"
+          f"{'loss drop':>11}{'95%':>19}{'/ MeZO':>8}")  # fmt: skip
     for r in results:
         m = r.one_step
-        # Against MeZO on what carries over when it was measured, on the batch else.
         ratio = "-"
-        if mezo is not None:
-            use_heldout = not math.isnan(m.heldout_best_decrease)
-            mine = m.heldout_best_decrease if use_heldout else m.best_decrease
-            theirs = mezo.heldout_best_decrease if use_heldout else mezo.best_decrease
-            ratio = f"{mine / theirs:.2f}" if theirs > 0 else "-"
+        if mezo is not None and mezo.best_decrease > 0:
+            ratio = f"{m.best_decrease / mezo.best_decrease:.2f}"
+        low, high = m.best_decrease_ci95
         down = m.negative_curvature_draws
         note = f"  ({down} of {m.rayleigh.n} draws curve down)" if down else ""
-        batch = f"{m.best_decrease:>11.3g}{span(m.best_decrease_ci95):>19}"
-        heldout = f"{m.heldout_best_decrease:>10.3g}{span(m.heldout_best_decrease_ci95):>19}"
-        print(f"{r.name:<22}{m.rayleigh.mean:>11.3g}{m.best_lr:>10.3g}{batch}{heldout}"
+        print(f"{r.name:<22}{m.rayleigh.mean:>11.3g}{m.descent:>10.3g}{m.cost:>10.3g}"
+              f"{m.best_lr:>10.3g}{m.best_decrease:>11.3g}{f'{low:.3g} - {high:.3g}':>19}"
               f"{ratio:>8}{note}")  # fmt: skip
     for lr in rates:
-        drops = ", ".join(
-            f"{r.name} {r.one_step.decrease_at(lr):.3g}"
-            + ("" if math.isnan(r.one_step.heldout_descent)
-               else f" (held out {r.one_step.decrease_at(lr, heldout=True):.3g})")
-            for r in results
-        )  # fmt: skip
+        drops = ", ".join(f"{r.name} {r.one_step.decrease_at(lr):.3g}" for r in results)
         print(f"loss drop of one step at lr {lr:g}: {drops}")
 
 
