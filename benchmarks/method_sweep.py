@@ -26,10 +26,11 @@ Each run is a plain `agzo train` in its own process, up to --jobs at once, each 
 Runs go to OUT/<arm>-lr<rate>-seed<seed>, their output to OUT/logs/. Nothing is lost to an
 interruption: a finished run (summary.json written) is never run again, an unfinished one
 resumes from its last checkpoint (`agzo train --resume`), so the same command continues a
-study where it stopped; `--continue OUT` repeats the command that last ran in OUT (kept in
-OUT/command.json). Checkpoints of finished runs are deleted (--keep-checkpoints keeps
-them). --report-only writes the tables from the finished runs alone. Arguments after `--`
-go to every run.
+study where it stopped. Ctrl-C or `kill` (SIGTERM) stops the runner and its runs, each of
+which saves a checkpoint of its last completed step first. `--continue OUT` repeats the
+command that last ran in OUT (kept in OUT/command.json). Checkpoints of finished runs are
+deleted (--keep-checkpoints keeps them). --report-only writes the tables from the finished
+runs alone. Arguments after `--` go to every run.
 
 Writes, after every finished run: OUT/sweep.md (search and seed tables), OUT/sweep.json (what
 benchmarks/study_table.py reads to put several tasks in one table) and OUT/sweep.png
@@ -361,8 +362,10 @@ class Study:
                         print(f"  {name}: FAILED (exit {code}; see logs/{name}.txt)", flush=True)
                     self.write_report()
         finally:
-            for process, _ in running.values():  # an interrupted study: runs resume later
-                process.send_signal(signal.SIGINT)
+            # An interrupted study: each run checkpoints its last step (on SIGTERM, as on
+            # Ctrl-C) and resumes from it later.
+            for process, _ in running.values():
+                process.send_signal(signal.SIGTERM)
             for process, _ in running.values():
                 process.wait()
 
@@ -688,6 +691,17 @@ def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResu
 # --------------------------------------------------------------------------- command line
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the study through its `finally`, which stops its runs
+    cleanly; SIGINT too when the runner was started with it ignored (`nohup ... &`)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def hold_lock(out: Path) -> None:
     """One runner per study folder: two would start the same runs twice."""
     lock = out / ".runner.pid"
@@ -761,11 +775,18 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     study = Study(args, arms, grid, seeds)
     if not args.report_only:
+        stop_on_signals()
         hold_lock(args.out)
         (args.out / COMMAND_FILE).write_text(json.dumps({"argv": argv}, indent=1) + "\n")
         print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
               f"{args.threads} thread(s) each", flush=True)  # fmt: skip
-        study.run()
+        try:
+            study.run()
+        except KeyboardInterrupt:
+            study.write_report()
+            print(f"stopped; the runs saved checkpoints. Continue with: python "
+                  f"benchmarks/method_sweep.py --continue {args.out}", file=sys.stderr)  # fmt: skip
+            raise SystemExit(130) from None
     text = study.write_report()
     if text is None:
         raise SystemExit(f"no run finished; see the logs under {args.out}")

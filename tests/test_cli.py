@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,36 @@ def test_ctrl_c_then_resume_from_the_command_line(
     # Only the directory is needed: the saved config is the base of a resumed run.
     assert main(["train", "--resume", "--output-dir", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 6
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes_the_run(
+    model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`kill` (or a scheduler's time limit) mid-step: the step completes, a checkpoint is
+    saved, and --resume reaches the weights of an uninterrupted run."""
+    out, uninterrupted = tmp_path / "run", tmp_path / "whole"
+    assert main(["train", *tiny_flags(model_dir, uninterrupted, steps=6), "--quiet"]) == 0
+    original = CandidateScorer.loss
+    calls = {"n": 0}
+
+    def loss(self: CandidateScorer, batch: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 5:  # inside step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CandidateScorer, "loss", loss)
+    assert main(["train", *tiny_flags(model_dir, out, steps=6)]) == 130
+    err = capsys.readouterr().err
+    assert "SIGTERM: finishing" in err and "interrupted after step 3" in err
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert main(["train", "--resume", "--output-dir", str(out), "--quiet"]) == 0
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (out, uninterrupted)]
+    assert summaries[0]["final"] == summaries[1]["final"]
 
 
 # --------------------------------------------------------------------------- errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -231,6 +232,42 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(model_dir: Path, tmp_pat
     assert again["final"]["test"] == first["final"]["test"]
     # The report names the study's full command, not the `--continue` that repeated it.
     assert "--grid agzo=1e-3" in json.loads((out / "sweep.json").read_text())["command"]
+
+
+def test_a_signal_stops_the_runner_and_its_runs_keep_their_checkpoints(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Started as `nohup ... &` starts it (SIGINT ignored), the runner still stops on
+    SIGINT, and its run saves a checkpoint of its last step on the way out."""
+    import signal
+    import subprocess
+    import time
+
+    argv, out = tiny_study(model_dir, tmp_path, "--seeds", "0", "--jobs", "1",
+                           "--grid", "agzo=1e-3", "--steps", "100000", "--eval-every", "50",
+                           "--checkpoint-every", "1")  # fmt: skip
+    script = Path(method_sweep.__file__)
+    runner = subprocess.Popen(
+        [sys.executable, str(script), *argv], cwd=script.parents[1], start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    run = out / "agzo-lr0.001-seed0"
+    try:
+        deadline = time.time() + 120
+        while not list((run / "checkpoints").glob("step-*")) and runner.poll() is None:
+            assert time.time() < deadline, "the run wrote no checkpoint in 120 s"
+            time.sleep(0.2)
+        runner.send_signal(signal.SIGINT)
+        _, err = runner.communicate(timeout=60)
+    finally:  # a runner that did not stop takes its 100,000-step run with it
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert runner.returncode == 130, err.decode()
+    assert f"--continue {out}" in err.decode()
+    log = (out / "logs" / f"{run.name}.txt").read_text()
+    assert "interrupted after step" in log  # the run saved and stopped, not killed
+    assert not (run / "summary.json").exists() and list((run / "checkpoints").glob("step-*"))
 
 
 def test_the_paper_style_table_puts_tasks_side_by_side(tmp_path: Path) -> None:

@@ -161,13 +161,14 @@ def train(
         host = HostOffload(run.model, offload) if offload is not None else None
         session = _Session.start(run, optimizer, plan, say, processes, named, host)
         try:
-            session.evaluate_zero_shot()
-            session.open_progress_bar()  # here, so that its ETA counts training steps only
-            for step in range(session.state.step + 1, config.steps + 1):
-                loss = session.step(step)
-                if on_step is not None:
-                    on_step(step, loss)
-            session.close()
+            with _terminate_as_ctrl_c():
+                session.evaluate_zero_shot()
+                session.open_progress_bar()  # here, so that its ETA counts training steps only
+                for step in range(session.state.step + 1, config.steps + 1):
+                    loss = session.step(step)
+                    if on_step is not None:
+                        on_step(step, loss)
+                session.close()
         except KeyboardInterrupt:
             raise session.interrupted() from None
         return session.finish()
@@ -485,9 +486,33 @@ def training_batch(scorer: CandidateScorer, examples: Sequence[Example]) -> Enco
     return batch
 
 
+# SIGTERM (`kill`, a batch scheduler's time limit) stops a run as Ctrl-C does: with a
+# checkpoint of the last completed step, from which --resume continues.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _terminate_as_ctrl_c() -> Iterator[None]:
+    """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does, and so does
+    SIGINT even where the process was started with it ignored (`nohup cmd &`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def _ctrl_c_deferred(doing: str) -> Iterator[None]:
-    """Let the block finish on a first Ctrl-C, then raise KeyboardInterrupt.
+    """Let the block finish on a first Ctrl-C (or SIGTERM), then raise KeyboardInterrupt.
 
     Used around each step (with its `state.step = step`) and each best-weights save, so a
     checkpoint written on Ctrl-C holds exactly a step boundary: resuming from it gives the
@@ -504,13 +529,15 @@ def _ctrl_c_deferred(doing: str) -> Iterator[None]:
         if received:
             raise KeyboardInterrupt
         received.append(signum)
-        tqdm.write(f"Ctrl-C: finishing {doing}, then saving (press again to stop now)", sys.stderr)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        tqdm.write(f"{name}: finishing {doing}, then saving (again to stop now)", sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, restored in previous.items():
+            signal.signal(sig, restored)
     if received:
         raise KeyboardInterrupt
 
