@@ -103,6 +103,38 @@ def test_one_step_model_picks_the_minimizing_rate_and_brackets_it() -> None:
     assert OneStep.of(draws, resamples=200) == model  # a fixed bootstrap
 
 
+def test_probes_over_part_of_the_model_report_the_whole_models_cosine(
+    model_dir, shared_data_dir, tmp_path
+) -> None:
+    """A layer subset (Dominant-Layer ZO's) and ZO-Act's coefficients are measured over
+    their own tensors; their gradient share makes the cosine the whole model's, so the
+    ratio to MeZO compares like with like."""
+    from agzo.cli import main
+
+    base = ["probe", "alignment", "--model", str(model_dir), "--task", "sst2", "--data-dir",
+            str(shared_data_dir / "sst2"), "--batch-size", "4", "--draws", "3"]  # fmt: skip
+    whole, layer, zo_act = (tmp_path / n for n in ("whole", "layer", "zo-act"))
+    assert main([*base, "--estimators", "mezo,agzo", "--output", str(whole)]) == 0
+    assert main([*base, "--estimators", "mezo,agzo", "--include", r"re:layers\.1\.",
+                 "--output", str(layer)]) == 0  # fmt: skip
+    assert main([*base, "--estimators", "mezo,zo-act", "--output", str(zo_act)]) == 0
+
+    def results(out):
+        return {r["name"]: r for r in json.loads((out / "alignment.json").read_text())["results"]}
+
+    assert all(r["gradient_share"] == pytest.approx(1.0) for r in results(whole).values())
+    for r in results(layer).values():
+        assert 0 < r["gradient_share"] < 1
+        assert r["whole_model_cosine"] == pytest.approx(r["cosine"]["mean"] * r["gradient_share"])
+    zo = results(zo_act)["zo-act"]
+    assert 0 < zo["gradient_share"] < 1 and zo["cosine"]["n"] == 3
+    # Only the decoder's linear layers' coefficients: the embedding and norms are not in it.
+    assert zo["per_tensor"] and all(n.endswith("proj.coefficients") for n in zo["per_tensor"])
+    assert all(".layers.1." in n for n in results(layer)["agzo"]["per_tensor"])
+    assert main([*base, "--estimators", "zo-act", "--lora-rank", "2",
+                 "--output", str(tmp_path / "bad")]) == 2  # fmt: skip
+
+
 def test_captured_fraction_is_one_inside_and_zero_outside_the_subspace() -> None:
     basis = torch.eye(6)[:, :2]
     inside = torch.randn(4, 2) @ basis.T

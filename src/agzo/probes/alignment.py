@@ -10,7 +10,9 @@ which needs only per-tensor dot products and norms: Δ is materialized one tenso
 time, so the probe fits wherever backprop fits. Per layer, the local cosine
 |⟨∇ₜ, Δₜ⟩| / (‖Δₜ‖ ‖∇ₜ‖) says how well that tensor's probe is aimed, and for activation
 probes the captured fraction ‖∇ₜ A Aᵀ‖ / ‖∇ₜ‖ says how much of the layer's gradient the
-subspace can represent at all.
+subspace can represent at all. An estimator that trains part of the model (a layer subset,
+adapters) is measured over its own tensors; its gradient share ‖∇_S‖ / ‖∇‖ turns that
+cosine into the whole model's, cos · share, comparable across methods.
 
 A better-aimed probe need not make a step do more: how far a step may go is set by the
 loss's curvature along the probe. With `curvature=True` each draw also evaluates the loss
@@ -153,6 +155,12 @@ class AlignmentResult:
     # With an adaptive rank: the rank each linear weight used, in the first draw.
     ranks: dict[str, int] = field(default_factory=dict)
     one_step: OneStep | None = None  # with curvature=True
+    gradient_share: float = 1.0  # ‖∇ over the estimator's tensors‖ / ‖∇ over the model‖
+
+    @property
+    def whole_model_cosine(self) -> float:
+        """The cosine with the whole model's gradient: the probe is zero elsewhere."""
+        return self.cosine.mean * self.gradient_share
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -162,6 +170,8 @@ class AlignmentResult:
             "captured_fraction": self.captured_fraction,
             "ranks": self.ranks,
             "one_step": self.one_step.to_dict() if self.one_step is not None else None,
+            "gradient_share": self.gradient_share,
+            "whole_model_cosine": self.whole_model_cosine,
         }
 
 
@@ -186,6 +196,7 @@ def measure_alignment(
     gradient: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str, int], None] | None = None,
     curvature: bool = False,
+    gradient_norm: float | None = None,
 ) -> list[AlignmentResult]:
     """Expected cosine between each estimator's g·Δ and the backprop gradient.
 
@@ -194,8 +205,13 @@ def measure_alignment(
     The cosine is taken over the tensors each optimizer trains.
     curvature: also measure the loss along each probe and fit the one-step quadratic
     model (`OneStep`; two more forward passes per draw).
+    gradient_norm: the whole model's ‖∇‖ that gradient shares are taken of (default: over
+    every trainable parameter of `model`; pass the base model's when `model` is an adapted
+    copy whose trainable tensors stand in for its weights).
     """
     grads = gradient if gradient is not None else true_gradient(model, closure)
+    if gradient_norm is None:
+        gradient_norm = math.sqrt(sum(float(g.square().sum()) for g in grads.values()))
     f0 = _loss(closure) if curvature else math.nan
     results = []
     for name, factory in estimators.items():
@@ -204,6 +220,7 @@ def measure_alignment(
         local: dict[str, list[float]] = {}
         fractions: dict[str, float] = {}
         ranks: dict[str, int] = {}
+        share = 0.0
         for draw in range(draws):
             opt = factory(model, draw)
             step_seed = derive_seed(opt.seed, 0)
@@ -228,6 +245,7 @@ def measure_alignment(
                     fractions[tensor.name] = captured_fraction(
                         g, captured.bases[tensor.index], tensor.transposed
                     )
+            share = math.sqrt(grad_sq) / gradient_norm if gradient_norm > 0 else 0.0
             denominator = math.sqrt(delta_sq * grad_sq)
             cosines.append(abs(dot) / denominator if denominator > 0 else 0.0)
             if curvature:
@@ -242,6 +260,7 @@ def measure_alignment(
                 fractions,
                 ranks,
                 OneStep.of(along) if along else None,
+                share,
             )
         )
     return results

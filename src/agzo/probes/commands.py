@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -67,7 +68,9 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     align.add_argument(
         "--estimators",
         default=None,
-        help="comma-separated (default: every zeroth-order method and AGZO's r/K/embedding grid)",
+        help="comma-separated (default: every zeroth-order method that trains the model's "
+        "own weights and AGZO's r/K/embedding grid; zo-act on request: it is measured on "
+        "a copy calibrated on the probed batch)",
     )
     align.add_argument("--include", action="append", default=None, help="parameter pattern")
     align.add_argument("--exclude", action="append", default=None, help="parameter pattern")
@@ -189,9 +192,13 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     variants = estimator_variants(args.include, args.exclude)
     # agzo-k20 is left out by default: twenty power steps per layer, for the K ablation only.
     names = _csv(args.estimators) if args.estimators else [n for n in variants if n != "agzo-k20"]
-    unknown = [n for n in names if n not in variants]
+    unknown = [n for n in names if n not in variants and n != ZO_ACT]
     if unknown:
-        raise ProbeError(f"unknown estimator(s) {unknown}; choose from {sorted(variants)}")
+        choices = sorted([*variants, ZO_ACT])
+        raise ProbeError(f"unknown estimator(s) {unknown}; choose from {choices}")
+    if ZO_ACT in names and (args.lora_rank is not None or args.include or args.exclude):
+        raise ProbeError("zo-act adds its own adapters to every linear layer: probe it "
+                         "without --lora-rank, --include and --exclude")  # fmt: skip
     model, tokenizer = _model_or_checkpoint(args.model)
     if args.lora_rank is not None:
         # Only the adapters are trainable: every estimator is measured over them alone.
@@ -222,13 +229,16 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     results = measure_alignment(
         model,
         closure,
-        {n: variants[n] for n in names},
+        {n: variants[n] for n in names if n != ZO_ACT},
         draws=args.draws,
         attention_mask=batch.attention_mask,
         gradient=gradient,
         progress=progress,
         curvature=args.curvature,
     )
+    if ZO_ACT in names:
+        norm = math.sqrt(sum(float(g.square().sum()) for g in gradient.values()))
+        results += _zo_act_alignment(model, tokenizer, scorer, batch, norm, args, progress)
     payload = {
         "model": args.model,
         "task": args.task,
@@ -242,11 +252,16 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     }
     (out / "alignment.json").write_text(json.dumps(payload, indent=2))
     plot_alignment(results, str(out / "alignment.png"))
-    mezo = next((r.cosine.mean for r in results if r.name == "mezo"), None)
-    print(f"{'estimator':<22}{'cosine':>11}{'± 95%':>11}{'/ MeZO':>9}")
+    # Ratios compare whole-model cosines: an estimator over part of the model is zero
+    # elsewhere. Shares are printed when some estimator covers part of the model only.
+    mezo = next((r.whole_model_cosine for r in results if r.name == "mezo"), None)
+    partial = any(r.gradient_share < 0.999 for r in results)
+    shares = f"{'share of ∇':>12}{'whole model':>13}" if partial else ""
+    print(f"{'estimator':<22}{'cosine':>11}{'± 95%':>11}{shares}{'/ MeZO':>9}")
     for r in results:
-        ratio = f"{r.cosine.mean / mezo:>9.1f}" if mezo else ""
-        print(f"{r.name:<22}{r.cosine.mean:>11.6f}{r.cosine.ci95:>11.6f}{ratio}")
+        ratio = f"{r.whole_model_cosine / mezo:>9.1f}" if mezo else ""
+        shares = f"{r.gradient_share:>12.3f}{r.whole_model_cosine:>13.6f}" if partial else ""
+        print(f"{r.name:<22}{r.cosine.mean:>11.6f}{r.cosine.ci95:>11.6f}{shares}{ratio}")
         if r.ranks:  # an adaptive rank: how many directions the layers kept
             used = sorted(r.ranks.values())
             print(f"{'':<22}ranks used: mean {sum(used) / len(used):.2f}, min {used[0]}, "
@@ -255,6 +270,51 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
         _print_one_step(results, args.at_lr)
     print(f"wrote {out / 'alignment.json'} and {out / 'alignment.png'}")
     return 0
+
+
+ZO_ACT = "zo-act"  # measured on a calibrated copy of the model: see _zo_act_alignment
+
+
+def _zo_act_alignment(
+    model: Any,
+    tokenizer: Any,
+    scorer: Any,
+    batch: Any,
+    gradient_norm: float,
+    args: argparse.Namespace,
+    progress: Any,
+) -> list[Any]:
+    """ZO-Act on a copy of the model, calibrated on the probed batch: its probe lies in C
+    (W = W0 + C Aᵀ), whose gradient is ∇_W A at C = 0. Since A is orthonormal, the cosine
+    in C's coordinates times ‖∇_C‖ / ‖∇_W‖ is the cosine of the weight update C Aᵀ with
+    the base model's gradient: the whole-model figure, comparable with the others."""
+    import copy
+
+    from agzo.methods import BuildContext, get_method
+    from agzo.probes.alignment import measure_alignment
+    from agzo.train.objective import CandidateScorer
+
+    method = get_method(ZO_ACT)
+    options = method.defaults()
+    adapted = copy.deepcopy(model)
+    adapted_scorer = CandidateScorer(adapted, tokenizer, loss_kind=scorer.loss_kind)
+    assert method.prepare is not None
+    adapted = method.prepare(adapted, options, batch, adapted_scorer.loss, None)
+
+    def build(m: Any, seed: int) -> Any:
+        return method.build(m, options, BuildContext(seed=seed))
+
+    return measure_alignment(
+        adapted,
+        lambda: adapted_scorer.loss(batch),
+        {ZO_ACT: build},
+        draws=args.draws,
+        attention_mask=batch.attention_mask,
+        progress=progress,
+        # The one-step model is of an SGD step; ZO-Act steps with Adam by default.
+        curvature=False,
+        gradient_norm=gradient_norm,
+    )
 
 
 def _print_one_step(results: Sequence[Any], rates: Sequence[float]) -> None:
@@ -267,6 +327,8 @@ def _print_one_step(results: Sequence[Any], rates: Sequence[float]) -> None:
           f"{'loss drop':>11}{'95%':>19}{'/ MeZO':>8}")  # fmt: skip
     for r in results:
         m = r.one_step
+        if m is None:  # measured without the one-step model (zo-act)
+            continue
         ratio = "-"
         if mezo is not None and mezo.best_decrease > 0:
             ratio = f"{m.best_decrease / mezo.best_decrease:.2f}"
