@@ -131,8 +131,10 @@ def test_probes_over_part_of_the_model_report_the_whole_models_cosine(
     # Only the decoder's linear layers' coefficients: the embedding and norms are not in it.
     assert zo["per_tensor"] and all(n.endswith("proj.coefficients") for n in zo["per_tensor"])
     assert all(".layers.1." in n for n in results(layer)["agzo"]["per_tensor"])
-    assert main([*base, "--estimators", "zo-act", "--lora-rank", "2",
-                 "--output", str(tmp_path / "bad")]) == 2  # fmt: skip
+    for bad in (["--estimators", "zo-act", "--lora-rank", "2"], ["--at-lr", "1e-3"],
+                ["--draws", "1"]):  # fmt: skip
+        assert main([*base, *bad, "--output", str(tmp_path / "bad")]) == 2, bad
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
 
 
 def test_captured_fraction_is_one_inside_and_zero_outside_the_subspace() -> None:

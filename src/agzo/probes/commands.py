@@ -151,9 +151,11 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_probe(args: argparse.Namespace) -> int:
     """Run the probe named on the command line, writing JSON (and a PNG) to --output."""
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     if args.probe == "alignment":
-        return _alignment(args, out)
+        names = _alignment_estimators(args)  # a bad flag writes nothing
+        out.mkdir(parents=True, exist_ok=True)
+        return _alignment(args, out, names)
+    out.mkdir(parents=True, exist_ok=True)
     if args.probe == "memory":
         return _memory(args, out)
     if args.probe == "layers":
@@ -184,11 +186,8 @@ def _model_or_checkpoint(spec: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _alignment(args: argparse.Namespace, out: Path) -> int:
-    from agzo.probes.alignment import measure_alignment, plot_alignment, true_gradient
-    from agzo.tasks import load_splits
-    from agzo.train.objective import CandidateScorer
-
+def _alignment_estimators(args: argparse.Namespace) -> list[str]:
+    """The estimators `probe alignment` measures; ProbeError for any flag it cannot take."""
     variants = estimator_variants(args.include, args.exclude)
     # agzo-k20 is left out by default: twenty power steps per layer, for the K ablation only.
     names = _csv(args.estimators) if args.estimators else [n for n in variants if n != "agzo-k20"]
@@ -196,9 +195,22 @@ def _alignment(args: argparse.Namespace, out: Path) -> int:
     if unknown:
         choices = sorted([*variants, ZO_ACT])
         raise ProbeError(f"unknown estimator(s) {unknown}; choose from {choices}")
+    if args.draws < 2:
+        raise ProbeError(f"--draws must be at least 2 (an interval needs two), got {args.draws}")
+    if args.at_lr and not args.curvature:
+        raise ProbeError("--at-lr prints the one-step model of --curvature: add --curvature")
     if ZO_ACT in names and (args.lora_rank is not None or args.include or args.exclude):
         raise ProbeError("zo-act adds its own adapters to every linear layer: probe it "
                          "without --lora-rank, --include and --exclude")  # fmt: skip
+    return names
+
+
+def _alignment(args: argparse.Namespace, out: Path, names: list[str]) -> int:
+    from agzo.probes.alignment import measure_alignment, plot_alignment, true_gradient
+    from agzo.tasks import load_splits
+    from agzo.train.objective import CandidateScorer
+
+    variants = estimator_variants(args.include, args.exclude)
     model, tokenizer = _model_or_checkpoint(args.model)
     if args.lora_rank is not None:
         # Only the adapters are trainable: every estimator is measured over them alone.
