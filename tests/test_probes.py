@@ -117,7 +117,9 @@ def test_probes_over_part_of_the_model_report_the_whole_models_cosine(
     assert main([*base, "--estimators", "mezo,agzo", "--output", str(whole)]) == 0
     assert main([*base, "--estimators", "mezo,agzo", "--include", r"re:layers\.1\.",
                  "--output", str(layer)]) == 0  # fmt: skip
-    assert main([*base, "--estimators", "mezo,zo-act", "--output", str(zo_act)]) == 0
+    # With --curvature the one-step model is printed for the others, not for ZO-Act (Adam).
+    assert main([*base, "--estimators", "mezo,zo-act", "--curvature", "--at-lr", "1e-3",
+                 "--output", str(zo_act)]) == 0  # fmt: skip
 
     def results(out):
         return {r["name"]: r for r in json.loads((out / "alignment.json").read_text())["results"]}
@@ -128,6 +130,7 @@ def test_probes_over_part_of_the_model_report_the_whole_models_cosine(
         assert r["whole_model_cosine"] == pytest.approx(r["cosine"]["mean"] * r["gradient_share"])
     zo = results(zo_act)["zo-act"]
     assert 0 < zo["gradient_share"] < 1 and zo["cosine"]["n"] == 3
+    assert zo["one_step"] is None and results(zo_act)["mezo"]["one_step"] is not None
     # Only the decoder's linear layers' coefficients: the embedding and norms are not in it.
     assert zo["per_tensor"] and all(n.endswith("proj.coefficients") for n in zo["per_tensor"])
     assert all(".layers.1." in n for n in results(layer)["agzo"]["per_tensor"])

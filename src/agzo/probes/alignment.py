@@ -196,7 +196,7 @@ def measure_alignment(
     gradient: dict[int, torch.Tensor] | None = None,
     progress: Callable[[str, int], None] | None = None,
     curvature: bool = False,
-    gradient_norm: float | None = None,
+    whole_norm: float | None = None,
 ) -> list[AlignmentResult]:
     """Expected cosine between each estimator's g·Δ and the backprop gradient.
 
@@ -205,13 +205,12 @@ def measure_alignment(
     The cosine is taken over the tensors each optimizer trains.
     curvature: also measure the loss along each probe and fit the one-step quadratic
     model (`OneStep`; two more forward passes per draw).
-    gradient_norm: the whole model's ‖∇‖ that gradient shares are taken of (default: over
+    whole_norm: the whole model's ‖∇‖ that gradient shares are taken of (default: over
     every trainable parameter of `model`; pass the base model's when `model` is an adapted
     copy whose trainable tensors stand in for its weights).
     """
     grads = gradient if gradient is not None else true_gradient(model, closure)
-    if gradient_norm is None:
-        gradient_norm = math.sqrt(sum(float(g.square().sum()) for g in grads.values()))
+    norm = whole_norm if whole_norm is not None else gradient_norm(grads)
     f0 = _loss(closure) if curvature else math.nan
     results = []
     for name, factory in estimators.items():
@@ -245,7 +244,7 @@ def measure_alignment(
                     fractions[tensor.name] = captured_fraction(
                         g, captured.bases[tensor.index], tensor.transposed
                     )
-            share = math.sqrt(grad_sq) / gradient_norm if gradient_norm > 0 else 0.0
+            share = math.sqrt(grad_sq) / norm if norm > 0 else 0.0
             denominator = math.sqrt(delta_sq * grad_sq)
             cosines.append(abs(dot) / denominator if denominator > 0 else 0.0)
             if curvature:
@@ -293,6 +292,11 @@ def _along_probe(
         probe.shift(-offset)
     g = (f_plus - f_minus) / (2 * eps) if opt.two_sided else (f_plus - f0) / eps
     return DrawCurvature(directional, g, (f_plus + f_minus - 2 * f0) / eps**2, delta_sq)
+
+
+def gradient_norm(gradient: dict[int, torch.Tensor]) -> float:
+    """‖∇‖ over every tensor of a gradient as `true_gradient` returns it."""
+    return math.sqrt(sum(float(g.square().sum()) for g in gradient.values()))
 
 
 def captured_fraction(grad: torch.Tensor, basis: torch.Tensor, transposed: bool) -> float:

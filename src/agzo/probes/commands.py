@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,22 +24,22 @@ def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
+def _numbers(kind: Callable[[str], Any], what: str) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated values of `kind`."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            return [kind(v) for v in _csv(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {what}, got {text!r}"
+            ) from None
+
+    return parse
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+_floats = _numbers(float, "numbers")
+_ints = _numbers(int, "integers")
 
 
 def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -152,9 +151,9 @@ def run_probe(args: argparse.Namespace) -> int:
     """Run the probe named on the command line, writing JSON (and a PNG) to --output."""
     out = Path(args.output)
     if args.probe == "alignment":
-        names = _alignment_estimators(args)  # a bad flag writes nothing
+        estimators, with_zo_act = _alignment_estimators(args)  # a bad flag writes nothing
         out.mkdir(parents=True, exist_ok=True)
-        return _alignment(args, out, names)
+        return _alignment(args, out, estimators, with_zo_act)
     out.mkdir(parents=True, exist_ok=True)
     if args.probe == "memory":
         return _memory(args, out)
@@ -186,8 +185,9 @@ def _model_or_checkpoint(spec: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _alignment_estimators(args: argparse.Namespace) -> list[str]:
-    """The estimators `probe alignment` measures; ProbeError for any flag it cannot take."""
+def _alignment_estimators(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
+    """The estimators `probe alignment` measures on the model, by name, and whether ZO-Act
+    is measured too (on its own copy); ProbeError for any flag it cannot take."""
     variants = estimator_variants(args.include, args.exclude)
     # agzo-k20 is left out by default: twenty power steps per layer, for the K ablation only.
     names = _csv(args.estimators) if args.estimators else [n for n in variants if n != "agzo-k20"]
@@ -202,15 +202,21 @@ def _alignment_estimators(args: argparse.Namespace) -> list[str]:
     if ZO_ACT in names and (args.lora_rank is not None or args.include or args.exclude):
         raise ProbeError("zo-act adds its own adapters to every linear layer: probe it "
                          "without --lora-rank, --include and --exclude")  # fmt: skip
-    return names
+    return {n: variants[n] for n in names if n != ZO_ACT}, ZO_ACT in names
 
 
-def _alignment(args: argparse.Namespace, out: Path, names: list[str]) -> int:
-    from agzo.probes.alignment import measure_alignment, plot_alignment, true_gradient
+def _alignment(
+    args: argparse.Namespace, out: Path, estimators: dict[str, Any], with_zo_act: bool
+) -> int:
+    from agzo.probes.alignment import (
+        gradient_norm,
+        measure_alignment,
+        plot_alignment,
+        true_gradient,
+    )
     from agzo.tasks import load_splits
     from agzo.train.objective import CandidateScorer
 
-    variants = estimator_variants(args.include, args.exclude)
     model, tokenizer = _model_or_checkpoint(args.model)
     if args.lora_rank is not None:
         # Only the adapters are trainable: every estimator is measured over them alone.
@@ -241,15 +247,15 @@ def _alignment(args: argparse.Namespace, out: Path, names: list[str]) -> int:
     results = measure_alignment(
         model,
         closure,
-        {n: variants[n] for n in names if n != ZO_ACT},
+        estimators,
         draws=args.draws,
         attention_mask=batch.attention_mask,
         gradient=gradient,
         progress=progress,
         curvature=args.curvature,
     )
-    if ZO_ACT in names:
-        norm = math.sqrt(sum(float(g.square().sum()) for g in gradient.values()))
+    if with_zo_act:
+        norm = gradient_norm(gradient)
         results += _zo_act_alignment(model, tokenizer, scorer, batch, norm, args, progress)
     payload = {
         "model": args.model,
@@ -292,7 +298,7 @@ def _zo_act_alignment(
     tokenizer: Any,
     scorer: Any,
     batch: Any,
-    gradient_norm: float,
+    whole_norm: float,
     args: argparse.Namespace,
     progress: Any,
 ) -> list[Any]:
@@ -325,7 +331,7 @@ def _zo_act_alignment(
         progress=progress,
         # The one-step model is of an SGD step; ZO-Act steps with Adam by default.
         curvature=False,
-        gradient_norm=gradient_norm,
+        whole_norm=whole_norm,
     )
 
 
@@ -350,8 +356,9 @@ def _print_one_step(results: Sequence[Any], rates: Sequence[float]) -> None:
         print(f"{r.name:<22}{m.rayleigh.mean:>11.3g}{m.descent:>10.3g}{m.cost:>10.3g}"
               f"{m.best_lr:>10.3g}{m.best_decrease:>11.3g}{f'{low:.3g} - {high:.3g}':>19}"
               f"{ratio:>8}{note}")  # fmt: skip
+    modelled = [r for r in results if r.one_step is not None]
     for lr in rates:
-        drops = ", ".join(f"{r.name} {r.one_step.decrease_at(lr):.3g}" for r in results)
+        drops = ", ".join(f"{r.name} {r.one_step.decrease_at(lr):.3g}" for r in modelled)
         print(f"loss drop of one step at lr {lr:g}: {drops}")
 
 

@@ -492,22 +492,29 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def _terminate_as_ctrl_c() -> Iterator[None]:
+def _on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Within the block `handler` receives Ctrl-C and SIGTERM; the previous handlers come
+    back after it. (Signal handlers can only be set from the main thread: elsewhere the
+    block runs with the handlers it has.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, restored in previous.items():
+            signal.signal(sig, restored)
+
+
+def _terminate_as_ctrl_c() -> contextlib.AbstractContextManager[None]:
     """Within the block SIGTERM raises KeyboardInterrupt, as Ctrl-C does, and so does
     SIGINT even where the process was started with it ignored (`nohup cmd &`)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return _on_stop_signals(interrupt)
 
 
 @contextlib.contextmanager
@@ -520,9 +527,6 @@ def _ctrl_c_deferred(doing: str) -> Iterator[None]:
     interrupted ZO step is exact only up to rounding; AdamW updates its moments and the
     weights in several calls.) A second Ctrl-C interrupts at once.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
     received: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
@@ -532,12 +536,8 @@ def _ctrl_c_deferred(doing: str) -> Iterator[None]:
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         tqdm.write(f"{name}: finishing {doing}, then saving (again to stop now)", sys.stderr)
 
-    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
-    try:
+    with _on_stop_signals(handler):
         yield
-    finally:
-        for sig, restored in previous.items():
-            signal.signal(sig, restored)
     if received:
         raise KeyboardInterrupt
 
