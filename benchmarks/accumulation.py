@@ -84,9 +84,10 @@ def main() -> None:
     distance = 0.0
     for step in range(1, args.batches + 1):
         examples = sample_minibatch(run.splits.train, config.seed, step, args.batch)
-        whole = training_batch(run.scorer, examples)
+        # Padded: the capture reads each pass's token mask from its model call.
+        whole = training_batch(run.scorer, examples, pack=False)
         parts = [
-            training_batch(run.scorer, split_evenly(examples, args.accumulate, i))
+            training_batch(run.scorer, split_evenly(examples, args.accumulate, i), pack=False)
             for i in range(args.accumulate)
         ]
         gradient = true_gradient(run.model, functools.partial(run.scorer.loss, whole))

@@ -73,7 +73,7 @@ def restrict_to_layers(
         if indices is None:
             examples = list(train_examples[:PROBE_EXAMPLES])
             batches = [
-                scorer.batch(examples[i : i + PROBE_BATCH])
+                scorer.batch(examples[i : i + PROBE_BATCH], pack=False)
                 for i in range(0, len(examples), PROBE_BATCH)
             ]
             indices = [select_dominant_layer(model, batches)]

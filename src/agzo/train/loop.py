@@ -307,8 +307,11 @@ class _Session:
         if config.objective == "metric":  # minus accuracy or F1: zeroth-order only
             losses, mask = metric_objective(run, mine)
         else:
+            # One batch's token mask goes to the optimizer with the step; micro-batches'
+            # masks are read from each model call, which a packed batch does not carry.
+            pack = None if config.accumulate == 1 else False
             batches = [
-                training_batch(run.scorer, part)
+                training_batch(run.scorer, part, pack)
                 for part in (
                     split_evenly(mine, config.accumulate, i) for i in range(config.accumulate)
                 )
@@ -473,14 +476,16 @@ def sample_minibatch(
     return [examples[i] for i in order.tolist()]
 
 
-def training_batch(scorer: CandidateScorer, examples: Sequence[Example]) -> EncodedBatch:
+def training_batch(
+    scorer: CandidateScorer, examples: Sequence[Example], pack: bool | None = None
+) -> EncodedBatch:
     """The batch the training loss actually forwards.
 
     With the "lm" loss and multi-token candidates, `scorer.loss` runs only the rows of the
     correct candidates; giving the optimizer that batch makes the attention mask it uses
     to drop padding match the activations AGZO captures.
     """
-    batch = scorer.batch(examples)
+    batch = scorer.batch(examples, pack=pack)
     if scorer.loss_kind == "lm" and isinstance(batch, SequenceBatch):
         return batch.label_rows_only()
     return batch

@@ -13,7 +13,10 @@ small model's forward if applied at every position, and we only need a few posit
 
 - Fast path, when every candidate of every example in a batch is one token: forward the
   left-padded prompts alone with `logits_to_keep=1`, so the head runs once per example,
-  then gather the candidate tokens' log-probabilities from one log-softmax.
+  then gather the candidate tokens' log-probabilities from one log-softmax. Packed
+  (`pack=True`, in the architectures that allow it): the prompts end to end in rows
+  without padding between them, the head at each prompt's last token
+  (agzo.train.packing).
 - General path (multi-token candidates, e.g. COPA): one row per (example, candidate) holding
   prompt + candidate, left-padded so every candidate ends at the last position; the head
   runs only on the last (longest candidate + 1) positions.
@@ -47,6 +50,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.tasks.base import Example
+from agzo.train.packing import PackedPromptBatch, last_token_logits, pack_prompts, packable
 
 __all__ = [
     "CandidateScorer",
@@ -54,6 +58,7 @@ __all__ = [
     "EncodedExample",
     "LOSS_DESCRIPTIONS",
     "LossKind",
+    "PackedPromptBatch",
     "PromptBatch",
     "ScoredBatch",
     "SequenceBatch",
@@ -152,7 +157,7 @@ class SequenceBatch:
         )
 
 
-EncodedBatch = PromptBatch | SequenceBatch
+EncodedBatch = PromptBatch | PackedPromptBatch | SequenceBatch
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,7 @@ class CandidateScorer:
         max_length: int | None = None,
         loss_kind: LossKind = "lm",
         add_special_tokens: bool = True,
+        pack: bool = False,
     ) -> None:
         if loss_kind not in ("lm", "candidates"):
             raise ValueError(f"loss_kind must be 'lm' or 'candidates', got {loss_kind!r}")
@@ -194,6 +200,8 @@ class CandidateScorer:
         self.prefix_ids = _special_prefix(tokenizer) if add_special_tokens else ()
         self._cache: dict[Example, EncodedExample] = {}
         self._forward_kwargs = _forward_parameters(model)
+        # Packed rows where the model's architecture keeps packed prompts apart.
+        self.pack = pack and packable(model)
 
     # ------------------------------------------------------------------ encoding
 
@@ -255,16 +263,24 @@ class CandidateScorer:
         # host, and accelerate's hooks move them to the device that computes.
         return torch.device("cpu") if param.is_meta else param.device
 
-    def batch(self, examples: Sequence[Example], *, fast: bool = True) -> EncodedBatch:
+    def batch(
+        self, examples: Sequence[Example], *, fast: bool = True, pack: bool | None = None
+    ) -> EncodedBatch:
         """Tensors for `examples` on the model's device.
 
         fast: use the prompt-only layout when every candidate is a single token (set False
         to force the general layout, e.g. to test one against the other).
+        pack: pack those prompts into rows without padding between them (agzo.train.packing);
+        None: as the scorer was made. Whoever reads the activations of the model call
+        itself, not through an explicit token mask, needs pack=False.
         """
         if not examples:
             raise ValueError("cannot build a batch from no examples")
         encoded = self.encode(examples)
         if fast and all(e.single_token for e in encoded):
+            packed = self.pack if pack is None else pack and packable(self.model)
+            if packed:
+                return self._packed_prompt_batch(encoded)
             return self._prompt_batch(encoded)
         return self._sequence_batch(encoded)
 
@@ -279,6 +295,19 @@ class CandidateScorer:
 
     def _prompt_batch(self, encoded: list[EncodedExample]) -> PromptBatch:
         input_ids, attention_mask = self._left_pad([e.prompt_ids for e in encoded])
+        return PromptBatch(
+            input_ids=input_ids, attention_mask=attention_mask, **self._candidates(encoded)
+        )
+
+    def _packed_prompt_batch(self, encoded: list[EncodedExample]) -> PackedPromptBatch:
+        rows = pack_prompts([e.prompt_ids for e in encoded], self.pad_id)
+        return PackedPromptBatch(
+            **{name: tensor.to(self.device) for name, tensor in rows.items()},
+            **self._candidates(encoded),
+        )
+
+    def _candidates(self, encoded: list[EncodedExample]) -> dict[str, Tensor]:
+        """Single-token candidates: candidate_ids, candidate_mask and labels."""
         n_candidates = max(len(e.candidate_ids) for e in encoded)
         candidate_ids = torch.zeros((len(encoded), n_candidates), dtype=torch.long)
         candidate_mask = torch.zeros((len(encoded), n_candidates), dtype=torch.bool)
@@ -286,13 +315,11 @@ class CandidateScorer:
             k = len(example.candidate_ids)
             candidate_ids[i, :k] = torch.tensor([ids[0] for ids in example.candidate_ids])
             candidate_mask[i, :k] = True
-        return PromptBatch(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            candidate_ids=candidate_ids.to(self.device),
-            candidate_mask=candidate_mask.to(self.device),
-            labels=torch.tensor([e.label for e in encoded], device=self.device),
-        )
+        return {
+            "candidate_ids": candidate_ids.to(self.device),
+            "candidate_mask": candidate_mask.to(self.device),
+            "labels": torch.tensor([e.label for e in encoded], device=self.device),
+        }
 
     def _sequence_batch(self, encoded: list[EncodedExample]) -> SequenceBatch:
         rows: list[tuple[int, ...]] = []
@@ -343,8 +370,11 @@ class CandidateScorer:
 
     def _candidate_scores(self, batch: EncodedBatch) -> Tensor:
         """Mean log-probability per candidate token: [n_examples, n_candidates], -inf pads."""
-        if isinstance(batch, PromptBatch):
-            logits = self._last_logits(batch.input_ids, batch.attention_mask, 1)[:, -1]
+        if isinstance(batch, PromptBatch | PackedPromptBatch):
+            if isinstance(batch, PackedPromptBatch):
+                logits = last_token_logits(self.model, batch)
+            else:
+                logits = self._last_logits(batch.input_ids, batch.attention_mask, 1)[:, -1]
             log_probs = logits.float().log_softmax(dim=-1)
             scores = log_probs.gather(1, batch.candidate_ids)
             return scores.masked_fill(~batch.candidate_mask, float("-inf"))

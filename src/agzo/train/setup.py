@@ -234,7 +234,9 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
             icl = {split: apply_chat_template(e, tokenizer) for split, e in icl.items()}
         say("prompts rendered with the tokenizer's chat template")
     loss_kind = cast(LossKind, config.loss_kind)  # validated by TrainConfig
-    scorer = CandidateScorer(model, tokenizer, max_length=config.max_length, loss_kind=loss_kind)
+    scorer = CandidateScorer(
+        model, tokenizer, max_length=config.max_length, loss_kind=loss_kind, pack=config.pack
+    )
     examples = [*splits.train, *splits.dev, *splits.test, *(e for x in icl.values() for e in x)]
     encoder = PromptEncoder(scorer, config.max_new_tokens) if generative else None
     with user_errors("tokenizing the examples"):
@@ -257,7 +259,8 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
         # Methods that add layers (ZO-Act) calibrate on the run's first training batch:
         # the same examples on resume and for eval, so the same layers.
         with user_errors(config.optimizer):
-            calibration = scorer.batch(list(splits.train[: config.batch_size]))
+            # Padded: the calibration reads its token mask from the model call.
+            calibration = scorer.batch(list(splits.train[: config.batch_size]), pack=False)
             prepared = prepare(model, config.method_options, calibration, scorer.loss, config.model)
         if config.quantize is not None:  # recorded with the adapter, so it loads the same base
             recorded = cast(Any, prepared)

@@ -1,0 +1,148 @@
+"""Packed rows (agzo.train.packing): the layout, and the same scores, losses, gradients and
+AGZO steps as one padded row per example."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import agzo
+from agzo.tasks.base import Example
+from agzo.testing import tiny_causal_lm
+from agzo.train import train
+from agzo.train.objective import CandidateScorer, PromptBatch
+from agzo.train.packing import PackedPromptBatch, first_fit_rows, pack_prompts
+from tests.test_objective import ATOL, SINGLE_TOKEN, reference_scores
+from tests.test_train import tiny_config, write_reviews
+
+# Prompts of very different lengths, so that rows hold several and end in padding.
+MIXED = [
+    *SINGLE_TOKEN,
+    Example("ok ok ok ok ok ok ok ok ok ok ok ok. It was", (" great", " terrible"), 1),
+    Example("no", (" yes", " no"), 0),
+    Example("Is it? Answer:", (" yes", " no", " maybe"), 2),
+]
+
+
+def test_first_fit_rows_places_each_sequence_once_within_the_widest() -> None:
+    lengths = [random.Random(seed).randint(1, 30) for seed in range(40)]
+    rows = first_fit_rows(lengths)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= max(lengths) for row in rows)
+    assert rows[0][0] == lengths.index(max(lengths))  # longest first
+    assert len(rows) < len(lengths)  # it packs
+    assert first_fit_rows([5, 3, 2, 4]) == [[0], [3], [1, 2]]  # width 5: 5 | 4 | 3+2
+
+
+def test_packed_prompts_restart_their_positions_and_mark_their_last_token() -> None:
+    prompts = [[11, 12, 13, 14], [21, 22], [31], [41, 42, 43]]
+    packed = pack_prompts(prompts, pad_id=0)
+    width = packed["input_ids"].shape[1]
+    assert width == 4 and packed["input_ids"].shape[0] < len(prompts)
+    for index, prompt in enumerate(prompts):
+        row, column = int(packed["last_row"][index]), int(packed["last_column"][index])
+        start = column - len(prompt) + 1
+        assert packed["input_ids"][row, start : column + 1].tolist() == prompt
+        assert packed["position_ids"][row, start : column + 1].tolist() == list(range(len(prompt)))
+        assert packed["attention_mask"][row, start : column + 1].all()
+    assert int(packed["attention_mask"].sum()) == sum(map(len, prompts))
+    # A row's padding starts its positions afresh: a sequence of its own, seen by no prompt.
+    for row in range(packed["input_ids"].shape[0]):
+        used = int(packed["attention_mask"][row].sum())
+        assert packed["position_ids"][row, used:].tolist() == list(range(width - used))
+    with pytest.raises(ValueError, match="at least one token"):
+        pack_prompts([[1], []], pad_id=0)
+
+
+def test_packed_scores_match_the_unpadded_reference(
+    tiny_lm: PreTrainedModel, tiny_tok: PreTrainedTokenizerBase
+) -> None:
+    scorer = CandidateScorer(tiny_lm, tiny_tok, pack=True)
+    batch = scorer.batch(MIXED)
+    assert isinstance(batch, PackedPromptBatch)
+    assert batch.input_ids.shape[0] < len(MIXED)  # several prompts share a row
+    with torch.no_grad():
+        packed = scorer.scores(batch)
+        padded = scorer.scores(scorer.batch(MIXED, pack=False))
+    torch.testing.assert_close(packed, reference_scores(tiny_lm, tiny_tok, MIXED), atol=ATOL, rtol=0)
+    torch.testing.assert_close(packed, padded, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("loss_kind", ["lm", "candidates"])
+def test_packed_losses_and_gradients_match_the_padded_ones(
+    tiny_tok: PreTrainedTokenizerBase, loss_kind: str
+) -> None:
+    model = tiny_causal_lm("llama")
+    scorer = CandidateScorer(model, tiny_tok, loss_kind=loss_kind, pack=True)  # type: ignore[arg-type]
+    found = {}
+    for pack in (True, False):
+        model.zero_grad()
+        loss = scorer.loss(scorer.batch(MIXED, pack=pack))
+        loss.backward()
+        found[pack] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(found[True][0], found[False][0], atol=ATOL, rtol=0)
+    for packed, padded in zip(found[True][1], found[False][1]):
+        torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_an_agzo_step_on_packed_rows_takes_the_padded_step(
+    tiny_tok: PreTrainedTokenizerBase,
+) -> None:
+    # The capture must leave a row's padding out, as it leaves left padding out: the
+    # token mask the step is given marks the real tokens of the packed rows.
+    weights = {}
+    for pack in (True, False):
+        model = tiny_causal_lm("llama")
+        scorer = CandidateScorer(model, tiny_tok, loss_kind="candidates")
+        batch = scorer.batch(MIXED, pack=pack)
+        assert isinstance(batch, PackedPromptBatch if pack else PromptBatch)
+        optimizer = agzo.AGZO(model, lr=1e-2, eps=1e-3, seed=3)
+        for _ in range(2):
+            optimizer.step(lambda: scorer.loss(batch), attention_mask=batch.attention_mask)
+        weights[pack] = [p.detach().clone() for p in model.parameters()]
+    start = list(tiny_causal_lm("llama").parameters())
+    moved = max(float((a - s).abs().max()) for a, s in zip(weights[False], start))
+    gap = max(float((a - b).abs().max()) for a, b in zip(weights[True], weights[False]))
+    assert moved > 1e-4 and gap < moved * 1e-2, (moved, gap)
+
+
+def test_a_peft_model_packs_and_scores_as_padded(tiny_tok: PreTrainedTokenizerBase) -> None:
+    model = get_peft_model(tiny_causal_lm("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    scorer = CandidateScorer(model, tiny_tok, pack=True)
+    batch = scorer.batch(MIXED)
+    assert isinstance(batch, PackedPromptBatch)
+    with torch.no_grad():
+        packed, padded = scorer.scores(batch), scorer.scores(scorer.batch(MIXED, pack=False))
+    torch.testing.assert_close(packed, padded, atol=ATOL, rtol=0)
+
+
+def test_other_architectures_and_multi_token_candidates_keep_padded_rows(
+    tiny_tok: PreTrainedTokenizerBase,
+) -> None:
+    model = tiny_causal_lm("llama")
+    model.config.model_type = "an-architecture-not-checked"
+    assert isinstance(CandidateScorer(model, tiny_tok, pack=True).batch(MIXED), PromptBatch)
+    scorer = CandidateScorer(tiny_causal_lm("llama"), tiny_tok, pack=True)
+    multi = [Example("It was", (" great", " not good at all"), 0)]
+    assert not isinstance(scorer.batch(multi), PackedPromptBatch)
+
+
+def test_a_run_resumed_with_packing_changed_finishes(model_dir: Path, tmp_path: Path) -> None:
+    data = write_reviews(tmp_path / "reviews.jsonl")
+    custom = {
+        "task": "custom",
+        "data_file": str(data),
+        "template": "{text}. Sentiment:",
+        "labels": "0=bad,1=good",
+    }
+    run = tmp_path / "run"
+    padded = tiny_config(model_dir, run, **custom, pack=False, steps=2)
+    train(padded, quiet=True)
+    result = train(tiny_config(model_dir, run, **custom, steps=4), resume=True, quiet=True)
+    assert result.steps == 4
+    assert (run / "config.yaml").read_text().count("pack: true") == 1
