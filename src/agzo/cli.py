@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="fine-tune a model (no flags: the embedded default run)",
         description="Fine-tune a model. Without flags: SmolLM2-135M + AGZO on the default "
-        "generated task, about 10 minutes on 2 CPU cores.",
+        "generated task, about 4 minutes on 2 idle CPU cores.",
     )
     train_parser.add_argument("--config", metavar="FILE", help="YAML or TOML file of settings")
     train_parser.add_argument(

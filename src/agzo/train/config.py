@@ -74,10 +74,9 @@ CUSTOM_TASK = "custom"
 # The fields that describe a custom task's data; a benchmark task takes none of them.
 CUSTOM_TASK_FIELDS = ("data_file", "template", "labels", "label_field", "columns", "answer_field")
 
-# The embedded default run (`agzo train` with no arguments) is sized for ~10 minutes on
-# 2 CPU cores: SmolLM2 load ~20 s; zero-shot dev + test on 200 + 200 examples ~30 s;
-# 150 AGZO steps at ~2.5-3 s (two forwards of 16 short prompts at ~1.2 s each); a dev
-# evaluation every 25 steps (6 x ~15 s); final test ~15 s; saving ~10 s.
+# The embedded default run (`agzo train` with no arguments) takes about 4 minutes on 2
+# idle CPU cores (docs/RESULTS.md): 150 AGZO steps of 16 short prompts at about 1.1 s,
+# a dev evaluation of 200 examples every 25 steps, loading, zero-shot and final tests.
 DEFAULT_STEPS = 150
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_EVAL_EVERY = 25
