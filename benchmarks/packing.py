@@ -6,8 +6,9 @@
 Draws training batches as `agzo train` does (seed 0, batch 16), lays each out both ways
 (`agzo train --pack`, the default, and `--no-pack`) and prints, measured side by side in
 one run (the two layouts alternate batch by batch): the tokens each computes, the
-median time of one no-grad forward and of one AGZO step (the candidates loss), and their
-ratios; also the largest difference between the two layouts' losses.
+median time of one no-grad forward and of one AGZO step (the loss the task's papers
+train with; with the language-model loss, the correct candidates alone, as training
+runs it), and their ratios; also the largest difference between the two layouts' losses.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 import agzo
 from agzo.models import load_model
-from agzo.tasks.registry import load_splits
+from agzo.tasks.registry import get_task, load_splits
 from agzo.train.loop import sample_minibatch
 from agzo.train.objective import CandidateScorer, EncodedBatch
 
@@ -52,7 +53,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model, tokenizer = load_model(args.model)
-    scorer = CandidateScorer(model, tokenizer, loss_kind="candidates", pack=True)
+    loss_kind = getattr(get_task(args.task), "paper_loss", "lm")  # as `agzo train` chooses
+    scorer = CandidateScorer(model, tokenizer, loss_kind=loss_kind, pack=True)
     if not scorer.pack:
         raise SystemExit(f"{args.model}: its architecture does not pack (agzo.train.packing)")
     train = load_splits(args.task, args.data_dir, seed=0).train
@@ -64,7 +66,8 @@ def main() -> None:
     for index in range(1, args.batches + 1):
         examples = sample_minibatch(train, 0, index, args.batch)
         batches: dict[str, EncodedBatch] = {
-            name: scorer.batch(examples, pack=pack) for name, pack in LAYOUTS.items()
+            name: scorer.batch(examples, pack=pack, labels_only=loss_kind == "lm")
+            for name, pack in LAYOUTS.items()
         }
         losses = {}
         for name, batch in batches.items():
@@ -79,7 +82,8 @@ def main() -> None:
         return statistics.median(values[name])
 
     print(
-        f"{args.model}, {args.task}, {args.batches} training batches of {args.batch}, "
+        f"{args.model}, {args.task} ({loss_kind} loss), {args.batches} training batches of "
+        f"{args.batch}, "
         f"{torch.get_num_threads()} thread(s)"
     )
     print("| layout | tokens per batch | forward | AGZO step |")

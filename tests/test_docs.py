@@ -238,8 +238,12 @@ def test_every_documented_command_is_accepted(
     if command.program == "agzo":
         _check_agzo(command, monkeypatch, capsys)
         return
+    if command.program == "benchmarks/method_sweep.py" and command.args[:1] == ("--continue",):
+        # It repeats the command a study folder recorded, which only a started study has.
+        assert len(command.args) == 2, f"{command}\n  --continue takes the study folder alone"
+        return
     namespace = _script_namespace(command, monkeypatch, capsys)
-    if command.program == "benchmarks/method_sweep.py" and command.args[:1] != ("--continue",):
+    if command.program == "benchmarks/method_sweep.py":
         _check_study_arms(command, namespace, monkeypatch, capsys)
 
 

@@ -13,12 +13,17 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import agzo
-from agzo.tasks.base import Example
+from agzo.tasks.base import Example, GenerativeExample
 from agzo.testing import tiny_causal_lm
 from agzo.train import train
-from agzo.train.objective import CandidateScorer, PromptBatch
-from agzo.train.packing import PackedPromptBatch, first_fit_rows, pack_prompts
-from tests.test_objective import ATOL, SINGLE_TOKEN, reference_scores
+from agzo.train.objective import CandidateScorer, PromptBatch, SequenceBatch
+from agzo.train.packing import (
+    PackedPromptBatch,
+    PackedSequenceBatch,
+    first_fit_rows,
+    pack_sequences,
+)
+from tests.test_objective import ATOL, MULTI_TOKEN, SINGLE_TOKEN, reference_scores
 from tests.test_train import tiny_config, write_reviews
 
 # Prompts of very different lengths, so that rows hold several and end in padding.
@@ -27,6 +32,14 @@ MIXED = [
     Example("ok ok ok ok ok ok ok ok ok ok ok ok. It was", (" great", " terrible"), 1),
     Example("no", (" yes", " no"), 0),
     Example("Is it? Answer:", (" yes", " no", " maybe"), 2),
+]
+
+
+# Multi-token candidates and generated answers (one candidate: the answer's tokens).
+SEQUENCES = [
+    *MULTI_TOKEN,
+    Example("ok ok ok ok ok ok ok ok ok ok ok ok ok. So", (" it was good", " bad"), 1),
+    GenerativeExample("Q: where is it? A:", answers=("in the red house",)),
 ]
 
 
@@ -42,7 +55,7 @@ def test_first_fit_rows_places_each_sequence_once_within_the_widest() -> None:
 
 def test_packed_prompts_restart_their_positions_and_mark_their_last_token() -> None:
     prompts = [[11, 12, 13, 14], [21, 22], [31], [41, 42, 43]]
-    packed = pack_prompts(prompts, pad_id=0)
+    packed = pack_sequences(prompts, pad_id=0)
     width = packed["input_ids"].shape[1]
     assert width == 4 and packed["input_ids"].shape[0] < len(prompts)
     for index, prompt in enumerate(prompts):
@@ -57,7 +70,7 @@ def test_packed_prompts_restart_their_positions_and_mark_their_last_token() -> N
         used = int(packed["attention_mask"][row].sum())
         assert packed["position_ids"][row, used:].tolist() == list(range(width - used))
     with pytest.raises(ValueError, match="at least one token"):
-        pack_prompts([[1], []], pad_id=0)
+        pack_sequences([[1], []], pad_id=0)
 
 
 def test_packed_scores_match_the_unpadded_reference(
@@ -92,23 +105,27 @@ def test_packed_losses_and_gradients_match_the_padded_ones(
         torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("examples", [MIXED, SEQUENCES], ids=["one-token", "multi-token"])
 def test_an_agzo_step_on_packed_rows_takes_the_padded_step(
-    tiny_tok: PreTrainedTokenizerBase,
+    tiny_tok: PreTrainedTokenizerBase, examples: list[Example]
 ) -> None:
     # The capture must leave a row's padding out, as it leaves left padding out: the
-    # token mask the step is given marks the real tokens of the packed rows.
+    # token mask the step is given marks the real tokens of the packed rows. (An untied
+    # head is left out of the step: with multi-token candidates the padded layout runs it
+    # on each row's last positions, scored or not, the packed one on the scored ones
+    # alone, so its captured input differs by design.)
     weights = {}
     for pack in (True, False):
-        model = tiny_causal_lm("llama")
+        model = tiny_causal_lm("qwen3", tie_word_embeddings=False)
         scorer = CandidateScorer(model, tiny_tok, loss_kind="candidates")
-        batch = scorer.batch(MIXED, pack=pack)
-        assert isinstance(batch, PackedPromptBatch if pack else PromptBatch)
-        optimizer = agzo.AGZO(model, lr=1e-2, eps=1e-3, seed=3)
+        batch = scorer.batch(examples, pack=pack)
+        assert isinstance(batch, PackedPromptBatch | PackedSequenceBatch) == pack
+        optimizer = agzo.AGZO(model, lr=1e-2, eps=1e-3, seed=3, exclude=["lm_head"])
         loss = functools.partial(scorer.loss, batch)
         for _ in range(2):
             optimizer.step(loss, attention_mask=batch.attention_mask)
         weights[pack] = [p.detach().clone() for p in model.parameters()]
-    start = list(tiny_causal_lm("llama").parameters())
+    start = list(tiny_causal_lm("qwen3", tie_word_embeddings=False).parameters())
     moved = max(float((a - s).abs().max()) for a, s in zip(weights[False], start))
     gap = max(float((a - b).abs().max()) for a, b in zip(weights[True], weights[False]))
     assert moved > 1e-4 and gap < moved * 1e-2, (moved, gap)
@@ -124,15 +141,54 @@ def test_a_peft_model_packs_and_scores_as_padded(tiny_tok: PreTrainedTokenizerBa
     torch.testing.assert_close(packed, padded, atol=ATOL, rtol=0)
 
 
-def test_other_architectures_and_multi_token_candidates_keep_padded_rows(
-    tiny_tok: PreTrainedTokenizerBase,
-) -> None:
+def test_other_architectures_keep_padded_rows(tiny_tok: PreTrainedTokenizerBase) -> None:
     model = tiny_causal_lm("llama")
     model.config.model_type = "an-architecture-not-checked"
-    assert isinstance(CandidateScorer(model, tiny_tok, pack=True).batch(MIXED), PromptBatch)
-    scorer = CandidateScorer(tiny_causal_lm("llama"), tiny_tok, pack=True)
-    multi = [Example("It was", (" great", " not good at all"), 0)]
-    assert not isinstance(scorer.batch(multi), PackedPromptBatch)
+    scorer = CandidateScorer(model, tiny_tok, pack=True)
+    assert not scorer.pack
+    assert isinstance(scorer.batch(MIXED), PromptBatch)
+    assert isinstance(scorer.batch(MULTI_TOKEN), SequenceBatch)
+    assert isinstance(scorer.batch(MIXED, pack=True), PromptBatch)
+
+
+def test_packed_multi_token_scores_match_the_unpadded_reference(
+    tiny_lm: PreTrainedModel, tiny_tok: PreTrainedTokenizerBase
+) -> None:
+    scorer = CandidateScorer(tiny_lm, tiny_tok, pack=True)
+    batch = scorer.batch(SEQUENCES)
+    assert isinstance(batch, PackedSequenceBatch)
+    n_sequences = sum(len(e.candidates) for e in SEQUENCES)
+    assert batch.input_ids.shape[0] < n_sequences  # several sequences share a row
+    with torch.no_grad():
+        packed = scorer.scores(batch)
+    reference = reference_scores(tiny_lm, tiny_tok, SEQUENCES)
+    torch.testing.assert_close(packed, reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("loss_kind", ["lm", "candidates"])
+def test_packed_multi_token_losses_and_gradients_match_the_padded_ones(
+    tiny_tok: PreTrainedTokenizerBase, loss_kind: str
+) -> None:
+    # labels_only, as training builds it for the "lm" loss: the correct candidates alone.
+    model = tiny_causal_lm("qwen3")
+    scorer = CandidateScorer(model, tiny_tok, loss_kind=loss_kind)  # type: ignore[arg-type]
+    labels_only = loss_kind == "lm"
+    found = {}
+    for pack in (True, False):
+        model.zero_grad()
+        batch = scorer.batch(SEQUENCES, pack=pack, labels_only=labels_only)
+        loss = scorer.loss(batch)
+        loss.backward()
+        found[pack] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(found[True][0], found[False][0], atol=ATOL, rtol=0)
+    for packed, padded in zip(found[True][1], found[False][1]):
+        torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    if labels_only:  # one sequence per example, and the same loss as every candidate's
+        batch = scorer.batch(SEQUENCES, pack=True, labels_only=True)
+        assert batch.score_index.shape == (len(SEQUENCES), 1)
+        with torch.no_grad():
+            every = scorer.loss(scorer.batch(SEQUENCES, pack=True))
+            torch.testing.assert_close(scorer.loss(batch), every, atol=ATOL, rtol=0)
 
 
 def test_a_run_resumed_with_packing_changed_finishes(model_dir: Path, tmp_path: Path) -> None:

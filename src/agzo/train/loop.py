@@ -50,7 +50,7 @@ from agzo.train.errors import TrainError
 from agzo.train.evaluate_saved import evaluate_model
 from agzo.train.logging import MetricsLogger
 from agzo.train.metric_objective import metric_objective
-from agzo.train.objective import CandidateScorer, EncodedBatch, SequenceBatch
+from agzo.train.objective import CandidateScorer, EncodedBatch
 from agzo.train.optimizers import build_optimizer, trainable_parameters
 from agzo.train.processes import Processes, check_batch_split, join, split_evenly
 from agzo.train.report import (
@@ -481,14 +481,11 @@ def training_batch(
 ) -> EncodedBatch:
     """The batch the training loss actually forwards.
 
-    With the "lm" loss and multi-token candidates, `scorer.loss` runs only the rows of the
-    correct candidates; giving the optimizer that batch makes the attention mask it uses
-    to drop padding match the activations AGZO captures.
+    With the "lm" loss and multi-token candidates, the loss needs only the correct
+    candidates; giving the optimizer the batch of those alone makes the token mask it
+    uses to drop padding match the activations AGZO captures.
     """
-    batch = scorer.batch(examples, pack=pack)
-    if scorer.loss_kind == "lm" and isinstance(batch, SequenceBatch):
-        return batch.label_rows_only()
-    return batch
+    return scorer.batch(examples, pack=pack, labels_only=scorer.loss_kind == "lm")
 
 
 # SIGTERM (`kill`, a batch scheduler's time limit) stops a run as Ctrl-C does: with a

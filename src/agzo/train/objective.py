@@ -13,13 +13,13 @@ small model's forward if applied at every position, and we only need a few posit
 
 - Fast path, when every candidate of every example in a batch is one token: forward the
   left-padded prompts alone with `logits_to_keep=1`, so the head runs once per example,
-  then gather the candidate tokens' log-probabilities from one log-softmax. Packed
-  (`pack=True`, in the architectures that allow it): the prompts end to end in rows
-  without padding between them, the head at each prompt's last token
-  (agzo.train.packing).
+  then gather the candidate tokens' log-probabilities from one log-softmax.
 - General path (multi-token candidates, e.g. COPA): one row per (example, candidate) holding
   prompt + candidate, left-padded so every candidate ends at the last position; the head
   runs only on the last (longest candidate + 1) positions.
+- Packed (`pack=True`, in the architectures that allow it; agzo.train.packing): the same
+  sequences end to end in rows, without padding between them, the head only at the
+  positions scored.
 
 Token boundaries are exact: the prompt is tokenized alone, and a candidate's ids are the
 tokens that tokenizing prompt + candidate adds after them. When a merge crosses the boundary
@@ -50,7 +50,14 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agzo.tasks.base import Example
-from agzo.train.packing import PackedPromptBatch, last_token_logits, pack_prompts, packable
+from agzo.train.packing import (
+    PackedPromptBatch,
+    PackedSequenceBatch,
+    candidate_targets,
+    head_at,
+    pack_sequences,
+    packable,
+)
 
 __all__ = [
     "CandidateScorer",
@@ -59,6 +66,7 @@ __all__ = [
     "LOSS_DESCRIPTIONS",
     "LossKind",
     "PackedPromptBatch",
+    "PackedSequenceBatch",
     "PromptBatch",
     "ScoredBatch",
     "SequenceBatch",
@@ -157,7 +165,7 @@ class SequenceBatch:
         )
 
 
-EncodedBatch = PromptBatch | PackedPromptBatch | SequenceBatch
+EncodedBatch = PromptBatch | PackedPromptBatch | SequenceBatch | PackedSequenceBatch
 
 
 @dataclass(frozen=True)
@@ -264,25 +272,33 @@ class CandidateScorer:
         return torch.device("cpu") if param.is_meta else param.device
 
     def batch(
-        self, examples: Sequence[Example], *, fast: bool = True, pack: bool | None = None
+        self,
+        examples: Sequence[Example],
+        *,
+        fast: bool = True,
+        pack: bool | None = None,
+        labels_only: bool = False,
     ) -> EncodedBatch:
         """Tensors for `examples` on the model's device.
 
         fast: use the prompt-only layout when every candidate is a single token (set False
         to force the general layout, e.g. to test one against the other).
-        pack: pack those prompts into rows without padding between them (agzo.train.packing);
-        None: as the scorer was made. Whoever reads the activations of the model call
-        itself, not through an explicit token mask, needs pack=False.
+        pack: lay the sequences end to end in rows without padding between them
+        (agzo.train.packing); None: as the scorer was made. Whoever reads the activations
+        of the model call itself, not through an explicit token mask, needs pack=False.
+        labels_only: in the general layout, only each example's correct candidate (all
+        the "lm" loss needs: 1/n_candidates of the work); its scores then have one column.
         """
         if not examples:
             raise ValueError("cannot build a batch from no examples")
         encoded = self.encode(examples)
+        packed = self.pack if pack is None else pack and packable(self.model)
         if fast and all(e.single_token for e in encoded):
-            packed = self.pack if pack is None else pack and packable(self.model)
-            if packed:
-                return self._packed_prompt_batch(encoded)
-            return self._prompt_batch(encoded)
-        return self._sequence_batch(encoded)
+            return self._packed_prompt_batch(encoded) if packed else self._prompt_batch(encoded)
+        if packed:
+            return self._packed_sequence_batch(encoded, labels_only)
+        batch = self._sequence_batch(encoded)
+        return batch.label_rows_only() if labels_only else batch
 
     def _left_pad(self, rows: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
         seq = max(len(r) for r in rows)
@@ -300,10 +316,36 @@ class CandidateScorer:
         )
 
     def _packed_prompt_batch(self, encoded: list[EncodedExample]) -> PackedPromptBatch:
-        rows = pack_prompts([e.prompt_ids for e in encoded], self.pad_id)
+        rows = pack_sequences([e.prompt_ids for e in encoded], self.pad_id)
         return PackedPromptBatch(
             **{name: tensor.to(self.device) for name, tensor in rows.items()},
             **self._candidates(encoded),
+        )
+
+    def _packed_sequence_batch(
+        self, encoded: list[EncodedExample], labels_only: bool
+    ) -> PackedSequenceBatch:
+        sequences: list[tuple[int, ...]] = []
+        counts: list[int] = []
+        width = 1 if labels_only else max(len(e.candidate_ids) for e in encoded)
+        score_index = torch.full((len(encoded), width), -1, dtype=torch.long)
+        for i, example in enumerate(encoded):
+            kept = [example.label] if labels_only else range(len(example.candidate_ids))
+            for column, k in enumerate(kept):
+                score_index[i, column] = len(sequences)
+                sequences.append(example.prompt_ids + example.candidate_ids[k])
+                counts.append(len(example.candidate_ids[k]))
+        rows = pack_sequences(sequences, self.pad_id)
+        tensors = {
+            **{name: rows[name] for name in ("input_ids", "position_ids", "attention_mask")},
+            **candidate_targets(rows, counts),
+            "target_counts": torch.tensor(counts),
+            "score_index": score_index,
+        }
+        labels = [0 if labels_only else e.label for e in encoded]
+        return PackedSequenceBatch(
+            **{name: tensor.to(self.device) for name, tensor in tensors.items()},
+            labels=torch.tensor(labels, device=self.device),
         )
 
     def _candidates(self, encoded: list[EncodedExample]) -> dict[str, Tensor]:
@@ -370,9 +412,11 @@ class CandidateScorer:
 
     def _candidate_scores(self, batch: EncodedBatch) -> Tensor:
         """Mean log-probability per candidate token: [n_examples, n_candidates], -inf pads."""
+        if isinstance(batch, PackedSequenceBatch):
+            return self._packed_sequence_scores(batch)
         if isinstance(batch, PromptBatch | PackedPromptBatch):
             if isinstance(batch, PackedPromptBatch):
-                logits = last_token_logits(self.model, batch)
+                logits = head_at(self.model, batch)
             else:
                 logits = self._last_logits(batch.input_ids, batch.attention_mask, 1)[:, -1]
             log_probs = logits.float().log_softmax(dim=-1)
@@ -390,6 +434,15 @@ class CandidateScorer:
         index = batch.score_index
         gathered = row_scores[index.clamp(min=0)]
         return gathered.masked_fill(index < 0, float("-inf"))
+
+    def _packed_sequence_scores(self, batch: PackedSequenceBatch) -> Tensor:
+        log_probs = head_at(self.model, batch).float().log_softmax(dim=-1)
+        token_scores = log_probs.gather(1, batch.target_ids.unsqueeze(1)).squeeze(1)
+        sums = token_scores.new_zeros(batch.target_counts.shape[0])
+        sums = sums.index_add(0, batch.target_sequence, token_scores)
+        sequence_scores = sums / batch.target_counts
+        index = batch.score_index
+        return sequence_scores[index.clamp(min=0)].masked_fill(index < 0, float("-inf"))
 
     # ------------------------------------------------------------------ public scoring
 

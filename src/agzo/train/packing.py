@@ -1,10 +1,12 @@
-"""Packed rows: several prompts end to end in one row, instead of one padded row each.
+"""Packed rows: several sequences end to end in one row, instead of one padded row each.
 
 A batch of left-padded rows computes every padding position in every layer: at batch 16,
 about half of the tokens of an SST-2, RTE, CB or BoolQ batch are padding
 (docs/RESULTS.md). Packing puts the prompts into rows as wide as the longest one, longest
 first, each into the first row with room; each prompt's positions restart at 0, so it
-sees the positions it would see alone. Only the rows' tails are padding.
+sees the positions it would see alone. Only the rows' tails are padding. Multi-token
+candidates pack the same way, each (prompt + candidate) a sequence of its own, and the
+output head runs only at the positions that predict a candidate token.
 
 Transformers keeps packed prompts apart by their position ids when the call carries no
 attention mask: a new sequence starts wherever the positions do not rise by one. The
@@ -74,24 +76,24 @@ def first_fit_rows(lengths: Sequence[int]) -> list[list[int]]:
     return rows
 
 
-def pack_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
-    """input_ids, position_ids, attention_mask, last_row and last_column of `prompts`
+def pack_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
+    """input_ids, position_ids, attention_mask, last_row and last_column of `sequences`
     packed into rows (on the CPU)."""
-    lengths = [len(p) for p in prompts]
+    lengths = [len(sequence) for sequence in sequences]
     if not lengths or min(lengths) < 1:
-        raise ValueError("every prompt needs at least one token to be packed")
+        raise ValueError("every sequence needs at least one token to be packed")
     rows = first_fit_rows(lengths)
     width = max(lengths)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    last_row = torch.zeros(len(prompts), dtype=torch.long)
-    last_column = torch.zeros(len(prompts), dtype=torch.long)
+    last_row = torch.zeros(len(sequences), dtype=torch.long)
+    last_column = torch.zeros(len(sequences), dtype=torch.long)
     for row, members in enumerate(rows):
         column = 0
         for index in members:
             end = column + lengths[index]
-            input_ids[row, column:end] = torch.tensor(prompts[index], dtype=torch.long)
+            input_ids[row, column:end] = torch.tensor(sequences[index], dtype=torch.long)
             position_ids[row, column:end] = torch.arange(lengths[index])
             attention_mask[row, column:end] = 1
             last_row[index], last_column[index] = row, end - 1
@@ -106,12 +108,58 @@ def pack_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, Ten
     }
 
 
-def last_token_logits(model: Any, batch: PackedPromptBatch) -> Tensor:
-    """Logits [n_examples, vocab] at each packed prompt's last token: the decoder over the
-    rows, then the output head at those positions only."""
+@dataclass(frozen=True)
+class PackedSequenceBatch:
+    """Multi-token candidates' batch: each candidate's prompt + candidate a sequence,
+    packed into rows. Each candidate token is listed with the position that predicts it
+    (the one before it)."""
+
+    input_ids: Tensor  # [rows, width]
+    position_ids: Tensor  # [rows, width]
+    attention_mask: Tensor  # [rows, width], 1 on the sequences' tokens
+    predict_row: Tensor  # [n_tokens]
+    predict_column: Tensor  # [n_tokens]
+    target_ids: Tensor  # [n_tokens], the candidate tokens
+    target_sequence: Tensor  # [n_tokens], the sequence each token belongs to
+    target_counts: Tensor  # [n_sequences], tokens per candidate
+    score_index: Tensor  # [n_examples, n_candidates], sequence of each, -1 where absent
+    labels: Tensor  # [n_examples]
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def candidate_targets(packed: dict[str, Tensor], counts: Sequence[int]) -> dict[str, Tensor]:
+    """predict_row, predict_column, target_ids and target_sequence of packed sequences
+    whose last `counts[s]` tokens are sequence s's candidate."""
+    rows: list[int] = []
+    columns: list[int] = []
+    owners: list[int] = []
+    for sequence, count in enumerate(counts):
+        row, end = int(packed["last_row"][sequence]), int(packed["last_column"][sequence])
+        rows += [row] * count
+        columns += range(end - count, end)  # position t predicts the token at t + 1
+        owners += [sequence] * count
+    predict_row, predict_column = torch.tensor(rows), torch.tensor(columns)
+    return {
+        "predict_row": predict_row,
+        "predict_column": predict_column,
+        "target_ids": packed["input_ids"][predict_row, predict_column + 1],
+        "target_sequence": torch.tensor(owners),
+    }
+
+
+def head_at(model: Any, batch: PackedPromptBatch | PackedSequenceBatch) -> Tensor:
+    """Logits at the positions the batch scores: the decoder over the packed rows, then
+    the output head at those positions only. [n_examples, vocab] for prompts (their last
+    token), [n_tokens, vocab] for sequences (the positions predicting candidate tokens)."""
     hidden = model.get_decoder()(
         input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
     ).last_hidden_state
-    head = model.get_output_embeddings()
-    logits: Tensor = head(hidden[batch.last_row, batch.last_column])
+    if isinstance(batch, PackedPromptBatch):
+        kept = hidden[batch.last_row, batch.last_column]
+    else:
+        kept = hidden[batch.predict_row, batch.predict_column]
+    logits: Tensor = model.get_output_embeddings()(kept)
     return logits
