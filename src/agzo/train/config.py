@@ -270,8 +270,8 @@ class TrainConfig:
     pack: bool = field(
         default=True,
         metadata=_help(
-            "single-token answers: prompts packed into rows without padding, in Llama, "
-            "Qwen3 and GPT-2 models (same loss, fewer tokens computed)"
+            "sequences packed end to end into rows, without padding between them, in "
+            "Llama, Qwen3 and GPT-2 models (same loss, fewer tokens computed)"
         ),
     )
     select: str = field(
