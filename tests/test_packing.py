@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.hooks import AlignDevicesHook, add_hook_to_module
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -141,14 +142,19 @@ def test_a_peft_model_packs_and_scores_as_padded(tiny_tok: PreTrainedTokenizerBa
     torch.testing.assert_close(packed, padded, atol=ATOL, rtol=0)
 
 
-def test_other_architectures_keep_padded_rows(tiny_tok: PreTrainedTokenizerBase) -> None:
+def test_other_architectures_and_placed_models_keep_padded_rows(
+    tiny_tok: PreTrainedTokenizerBase,
+) -> None:
     model = tiny_causal_lm("llama")
     model.config.model_type = "an-architecture-not-checked"
-    scorer = CandidateScorer(model, tiny_tok, pack=True)
-    assert not scorer.pack
-    assert isinstance(scorer.batch(MIXED), PromptBatch)
-    assert isinstance(scorer.batch(MULTI_TOKEN), SequenceBatch)
-    assert isinstance(scorer.batch(MIXED, pack=True), PromptBatch)
+    placed = tiny_causal_lm("llama")  # as --device-map and --offload leave it
+    add_hook_to_module(placed, AlignDevicesHook(io_same_device=True))
+    for unpackable in (model, placed):
+        scorer = CandidateScorer(unpackable, tiny_tok, pack=True)
+        assert not scorer.pack
+        assert isinstance(scorer.batch(MIXED), PromptBatch)
+        assert isinstance(scorer.batch(MULTI_TOKEN), SequenceBatch)
+        assert isinstance(scorer.batch(MIXED, pack=True), PromptBatch)
 
 
 def test_packed_multi_token_scores_match_the_unpadded_reference(

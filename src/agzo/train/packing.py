@@ -31,7 +31,14 @@ PACKABLE_ARCHITECTURES = frozenset({"llama", "qwen3", "gpt2"})
 
 
 def packable(model: Any) -> bool:
-    """Whether `model` (a transformers causal LM, or a peft model around one) packs."""
+    """Whether `model` (a transformers causal LM, or a peft model around one) packs.
+
+    Not when accelerate placed it (`--device-map`, `--offload`): the hook on the whole
+    model that brings outputs back to the inputs' device is passed by, since packed rows
+    call the decoder and the head themselves.
+    """
+    if getattr(model, "_hf_hook", None) is not None:
+        return False
     config = getattr(model, "config", None)
     return getattr(config, "model_type", None) in PACKABLE_ARCHITECTURES
 
