@@ -26,6 +26,7 @@ from agzo.models import load_model
 from agzo.tasks.registry import get_task, load_splits
 from agzo.train.loop import sample_minibatch
 from agzo.train.objective import CandidateScorer, EncodedBatch
+from agzo.train.packing import packable
 
 LAYOUTS = {"padded": False, "packed": True}
 
@@ -55,7 +56,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     loss_kind = getattr(get_task(args.task), "paper_loss", "lm")  # as `agzo train` chooses
     scorer = CandidateScorer(model, tokenizer, loss_kind=loss_kind, pack=True)
-    if not scorer.pack:
+    if not packable(model):
         raise SystemExit(f"{args.model}: its architecture does not pack (agzo.train.packing)")
     train = load_splits(args.task, args.data_dir, seed=0).train
     optimizer = agzo.AGZO(model, lr=1e-12, eps=1e-3)  # a step's cost, not its progress

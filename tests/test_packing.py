@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import agzo
+from agzo.placement import HostOffload
 from agzo.tasks.base import Example, GenerativeExample
 from agzo.testing import tiny_causal_lm
 from agzo.train import train
@@ -151,10 +152,24 @@ def test_other_architectures_and_placed_models_keep_padded_rows(
     add_hook_to_module(placed, AlignDevicesHook(io_same_device=True))
     for unpackable in (model, placed):
         scorer = CandidateScorer(unpackable, tiny_tok, pack=True)
-        assert not scorer.pack
         assert isinstance(scorer.batch(MIXED), PromptBatch)
         assert isinstance(scorer.batch(MULTI_TOKEN), SequenceBatch)
         assert isinstance(scorer.batch(MIXED, pack=True), PromptBatch)
+
+
+def test_a_model_offloaded_after_its_scorer_was_made_keeps_padded_rows(
+    tiny_tok: PreTrainedTokenizerBase,
+) -> None:
+    # `agzo train --offload cpu` offloads the model after the scorer is made.
+    model = tiny_causal_lm("llama")
+    scorer = CandidateScorer(model, tiny_tok, pack=True)
+    assert isinstance(scorer.batch(MIXED), PackedPromptBatch)
+    host = HostOffload(model, torch.device("cpu"))
+    try:
+        assert isinstance(scorer.batch(MIXED), PromptBatch)
+    finally:
+        host.close()
+    assert isinstance(scorer.batch(MIXED), PackedPromptBatch)
 
 
 def test_packed_multi_token_scores_match_the_unpadded_reference(

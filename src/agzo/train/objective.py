@@ -208,8 +208,9 @@ class CandidateScorer:
         self.prefix_ids = _special_prefix(tokenizer) if add_special_tokens else ()
         self._cache: dict[Example, EncodedExample] = {}
         self._forward_kwargs = _forward_parameters(model)
-        # Packed rows where the model's architecture keeps packed prompts apart.
-        self.pack = pack and packable(model)
+        # Packed rows asked for; each batch packs where the model allows it then (an
+        # offloaded model gets accelerate's hooks after the scorer is made).
+        self.pack = pack
 
     # ------------------------------------------------------------------ encoding
 
@@ -292,7 +293,7 @@ class CandidateScorer:
         if not examples:
             raise ValueError("cannot build a batch from no examples")
         encoded = self.encode(examples)
-        packed = self.pack if pack is None else pack and packable(self.model)
+        packed = (self.pack if pack is None else pack) and packable(self.model)
         if fast and all(e.single_token for e in encoded):
             return self._packed_prompt_batch(encoded) if packed else self._prompt_batch(encoded)
         if packed:
