@@ -4,6 +4,7 @@ AGZO steps as one padded row per example."""
 from __future__ import annotations
 
 import functools
+import json
 import random
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import agzo
+from agzo.cli import main
 from agzo.placement import HostOffload
 from agzo.tasks.base import Example, GenerativeExample
 from agzo.testing import tiny_causal_lm
@@ -212,7 +214,7 @@ def test_packed_multi_token_losses_and_gradients_match_the_padded_ones(
             torch.testing.assert_close(scorer.loss(batch), every, atol=ATOL, rtol=0)
 
 
-def test_a_run_resumed_with_packing_changed_finishes(model_dir: Path, tmp_path: Path) -> None:
+def test_a_run_resumed_with_packing_changed_finishes_and_evaluates_alike(model_dir: Path, tmp_path: Path) -> None:
     data = write_reviews(tmp_path / "reviews.jsonl")
     custom = {
         "task": "custom",
@@ -226,3 +228,11 @@ def test_a_run_resumed_with_packing_changed_finishes(model_dir: Path, tmp_path: 
     result = train(tiny_config(model_dir, run, **custom, steps=4), resume=True, quiet=True)
     assert result.steps == 4
     assert (run / "config.yaml").read_text().count("pack: true") == 1
+    # `agzo eval` of that run scores alike in either layout.
+    reports = {}
+    for flag in ("--pack", "--no-pack"):
+        out = tmp_path / f"eval{flag}.json"
+        assert main(["eval", "--model", str(run), flag, "--output", str(out), "--quiet"]) == 0
+        reports[flag] = json.loads(out.read_text())["results"]["test"]
+    assert reports["--pack"]["accuracy"] == reports["--no-pack"]["accuracy"]
+    assert abs(reports["--pack"]["loss"] - reports["--no-pack"]["loss"]) < 1e-5

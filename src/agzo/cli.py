@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
             "device",
             "max_length",
             "loss",
+            "pack",
         ),
     )
     eval_parser.set_defaults(handler=_eval)
