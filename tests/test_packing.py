@@ -214,7 +214,9 @@ def test_packed_multi_token_losses_and_gradients_match_the_padded_ones(
             torch.testing.assert_close(scorer.loss(batch), every, atol=ATOL, rtol=0)
 
 
-def test_a_run_resumed_with_packing_changed_finishes_and_evaluates_alike(model_dir: Path, tmp_path: Path) -> None:
+def test_a_run_resumed_with_packing_changed_finishes_and_evaluates_alike(
+    model_dir: Path, tmp_path: Path
+) -> None:
     data = write_reviews(tmp_path / "reviews.jsonl")
     custom = {
         "task": "custom",
