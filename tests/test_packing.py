@@ -77,36 +77,28 @@ def test_packed_prompts_restart_their_positions_and_mark_their_last_token() -> N
         pack_sequences([[1], []], pad_id=0)
 
 
+@pytest.mark.parametrize(
+    ("examples", "layout"),
+    [(MIXED, PackedPromptBatch), (SEQUENCES, PackedSequenceBatch)],
+    ids=["one-token", "multi-token"],
+)
 def test_packed_scores_match_the_unpadded_reference(
-    tiny_lm: PreTrainedModel, tiny_tok: PreTrainedTokenizerBase
+    tiny_lm: PreTrainedModel,
+    tiny_tok: PreTrainedTokenizerBase,
+    examples: list[Example],
+    layout: type,
 ) -> None:
     scorer = CandidateScorer(tiny_lm, tiny_tok, pack=True)
-    batch = scorer.batch(MIXED)
-    assert isinstance(batch, PackedPromptBatch)
-    assert batch.input_ids.shape[0] < len(MIXED)  # several prompts share a row
+    batch = scorer.batch(examples)
+    assert isinstance(batch, layout)
+    # Prompts alone, or one prompt + candidate per candidate: several share a row.
+    one_token = layout is PackedPromptBatch
+    sequences = len(examples) if one_token else sum(len(e.candidates) for e in examples)
+    assert batch.input_ids.shape[0] < sequences
     with torch.no_grad():
         packed = scorer.scores(batch)
-        padded = scorer.scores(scorer.batch(MIXED, pack=False))
-    reference = reference_scores(tiny_lm, tiny_tok, MIXED)
+    reference = reference_scores(tiny_lm, tiny_tok, examples)
     torch.testing.assert_close(packed, reference, atol=ATOL, rtol=0)
-    torch.testing.assert_close(packed, padded, atol=ATOL, rtol=0)
-
-
-@pytest.mark.parametrize("loss_kind", ["lm", "candidates"])
-def test_packed_losses_and_gradients_match_the_padded_ones(
-    tiny_tok: PreTrainedTokenizerBase, loss_kind: str
-) -> None:
-    model = tiny_causal_lm("llama")
-    scorer = CandidateScorer(model, tiny_tok, loss_kind=loss_kind, pack=True)  # type: ignore[arg-type]
-    found = {}
-    for pack in (True, False):
-        model.zero_grad()
-        loss = scorer.loss(scorer.batch(MIXED, pack=pack))
-        loss.backward()
-        found[pack] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(found[True][0], found[False][0], atol=ATOL, rtol=0)
-    for packed, padded in zip(found[True][1], found[False][1]):
-        torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("examples", [MIXED, SEQUENCES], ids=["one-token", "multi-token"])
@@ -174,44 +166,36 @@ def test_a_model_offloaded_after_its_scorer_was_made_keeps_padded_rows(
     assert isinstance(scorer.batch(MIXED), PackedPromptBatch)
 
 
-def test_packed_multi_token_scores_match_the_unpadded_reference(
-    tiny_lm: PreTrainedModel, tiny_tok: PreTrainedTokenizerBase
-) -> None:
-    scorer = CandidateScorer(tiny_lm, tiny_tok, pack=True)
-    batch = scorer.batch(SEQUENCES)
-    assert isinstance(batch, PackedSequenceBatch)
-    n_sequences = sum(len(e.candidates) for e in SEQUENCES)
-    assert batch.input_ids.shape[0] < n_sequences  # several sequences share a row
-    with torch.no_grad():
-        packed = scorer.scores(batch)
-    reference = reference_scores(tiny_lm, tiny_tok, SEQUENCES)
-    torch.testing.assert_close(packed, reference, atol=ATOL, rtol=0)
-
-
 @pytest.mark.parametrize("loss_kind", ["lm", "candidates"])
-def test_packed_multi_token_losses_and_gradients_match_the_padded_ones(
-    tiny_tok: PreTrainedTokenizerBase, loss_kind: str
+@pytest.mark.parametrize("examples", [MIXED, SEQUENCES], ids=["one-token", "multi-token"])
+def test_packed_losses_and_gradients_match_the_padded_ones(
+    tiny_tok: PreTrainedTokenizerBase, loss_kind: str, examples: list[Example]
 ) -> None:
-    # labels_only, as training builds it for the "lm" loss: the correct candidates alone.
+    # labels_only, as training builds it for the "lm" loss (multi-token candidates: the
+    # correct ones alone).
     model = tiny_causal_lm("qwen3")
     scorer = CandidateScorer(model, tiny_tok, loss_kind=loss_kind)  # type: ignore[arg-type]
-    labels_only = loss_kind == "lm"
     found = {}
     for pack in (True, False):
         model.zero_grad()
-        batch = scorer.batch(SEQUENCES, pack=pack, labels_only=labels_only)
-        loss = scorer.loss(batch)
+        loss = scorer.loss(scorer.batch(examples, pack=pack, labels_only=loss_kind == "lm"))
         loss.backward()
         found[pack] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
     torch.testing.assert_close(found[True][0], found[False][0], atol=ATOL, rtol=0)
     for packed, padded in zip(found[True][1], found[False][1]):
         torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
-    if labels_only:  # one sequence per example, and the same loss as every candidate's
-        batch = scorer.batch(SEQUENCES, pack=True, labels_only=True)
-        assert batch.score_index.shape == (len(SEQUENCES), 1)
-        with torch.no_grad():
-            every = scorer.loss(scorer.batch(SEQUENCES, pack=True))
-            torch.testing.assert_close(scorer.loss(batch), every, atol=ATOL, rtol=0)
+
+
+def test_the_correct_candidates_alone_give_every_candidates_language_model_loss(
+    tiny_tok: PreTrainedTokenizerBase,
+) -> None:
+    scorer = CandidateScorer(tiny_causal_lm("llama"), tiny_tok, loss_kind="lm", pack=True)
+    batch = scorer.batch(SEQUENCES, labels_only=True)
+    assert isinstance(batch, PackedSequenceBatch)
+    assert batch.score_index.shape == (len(SEQUENCES), 1)  # one sequence per example
+    with torch.no_grad():
+        every = scorer.loss(scorer.batch(SEQUENCES))
+        torch.testing.assert_close(scorer.loss(batch), every, atol=ATOL, rtol=0)
 
 
 def test_a_run_resumed_with_packing_changed_finishes_and_evaluates_alike(
