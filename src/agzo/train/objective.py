@@ -416,10 +416,11 @@ class CandidateScorer:
         if isinstance(batch, PackedSequenceBatch):
             return self._packed_sequence_scores(batch)
         if isinstance(batch, PromptBatch | PackedPromptBatch):
-            if isinstance(batch, PackedPromptBatch):
-                logits = head_at(self.model, batch)
-            else:
-                logits = self._last_logits(batch.input_ids, batch.attention_mask, 1)[:, -1]
+            logits = (
+                head_at(self.model, batch)
+                if isinstance(batch, PackedPromptBatch)
+                else self._last_logits(batch.input_ids, batch.attention_mask, 1)[:, -1]
+            )
             log_probs = logits.float().log_softmax(dim=-1)
             scores = log_probs.gather(1, batch.candidate_ids)
             return scores.masked_fill(~batch.candidate_mask, float("-inf"))
@@ -432,18 +433,14 @@ class CandidateScorer:
         # masked_fill, not multiply: a non-finite value at a padding position must not leak.
         token_scores = token_scores.masked_fill(~batch.target_mask, 0.0)
         row_scores = token_scores.sum(dim=1) / batch.target_mask.sum(dim=1)
-        index = batch.score_index
-        gathered = row_scores[index.clamp(min=0)]
-        return gathered.masked_fill(index < 0, float("-inf"))
+        return _per_candidate(row_scores, batch.score_index)
 
     def _packed_sequence_scores(self, batch: PackedSequenceBatch) -> Tensor:
         log_probs = head_at(self.model, batch).float().log_softmax(dim=-1)
         token_scores = log_probs.gather(1, batch.target_ids.unsqueeze(1)).squeeze(1)
         sums = token_scores.new_zeros(batch.target_counts.shape[0])
         sums = sums.index_add(0, batch.target_sequence, token_scores)
-        sequence_scores = sums / batch.target_counts
-        index = batch.score_index
-        return sequence_scores[index.clamp(min=0)].masked_fill(index < 0, float("-inf"))
+        return _per_candidate(sums / batch.target_counts, batch.score_index)
 
     # ------------------------------------------------------------------ public scoring
 
@@ -477,6 +474,13 @@ class CandidateScorer:
         encoded = self.encode(examples)
         order = sorted(range(len(examples)), key=lambda i: encoded[i].length)
         return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _per_candidate(sequence_scores: Tensor, score_index: Tensor) -> Tensor:
+    """Scores [n_examples, n_candidates] from one score per scored sequence; -inf where an
+    example has fewer candidates (index -1)."""
+    gathered = sequence_scores[score_index.clamp(min=0)]
+    return gathered.masked_fill(score_index < 0, float("-inf"))
 
 
 def _model_max_length(model: PreTrainedModel) -> int:
