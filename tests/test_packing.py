@@ -7,6 +7,7 @@ import functools
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import agzo
 from agzo.cli import main
+from agzo.methods.stepping import zeroth_order_step
 from agzo.placement import HostOffload
 from agzo.tasks.base import Example, GenerativeExample
 from agzo.testing import tiny_causal_lm
@@ -125,6 +127,60 @@ def test_an_agzo_step_on_packed_rows_takes_the_padded_step(
     moved = max(float((a - s).abs().max()) for a, s in zip(weights[False], start))
     gap = max(float((a - b).abs().max()) for a, b in zip(weights[True], weights[False]))
     assert moved > 1e-4 and gap < moved * 1e-2, (moved, gap)
+
+
+@pytest.mark.parametrize("power_steps", [1, 3], ids=["accumulated-basis", "merged-bases"])
+def test_an_accumulated_agzo_step_on_packed_micro_batches_takes_the_padded_step(
+    tiny_tok: PreTrainedTokenizerBase, power_steps: int
+) -> None:
+    # Gradient accumulation gives the step no token mask: each micro-batch's comes with its
+    # model call, which for packed rows is the one they publish. (K = 1 sums one power step
+    # over the micro-batches; K = 3 merges each micro-batch's bases.)
+    halves = [MIXED[: len(MIXED) // 2], MIXED[len(MIXED) // 2 :]]
+    weights = {}
+    for pack in (True, False):
+        model = tiny_causal_lm("qwen3")
+        scorer = CandidateScorer(model, tiny_tok, loss_kind="candidates")
+        batches = [scorer.batch(half, pack=pack) for half in halves]
+        assert all(isinstance(b, PackedPromptBatch) == pack for b in batches)
+        optimizer = agzo.AGZO(model, lr=1e-2, eps=1e-3, seed=3, power_steps=power_steps)
+        parts = [functools.partial(scorer.loss, batch) for batch in batches]
+        for _ in range(2):
+            assert zeroth_order_step(optimizer, model, parts, None) is not None
+        weights[pack] = [p.detach().clone() for p in model.parameters()]
+    start = [p.detach() for p in tiny_causal_lm("qwen3").parameters()]
+    moved = max(float((a - s).abs().max()) for a, s in zip(weights[False], start))
+    gap = max(float((a - b).abs().max()) for a, b in zip(weights[True], weights[False]))
+    assert moved > 1e-4 and gap < moved * 1e-2, (moved, gap)
+
+
+def test_a_run_with_accumulation_trains_on_packed_rows(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layouts = []
+    original = CandidateScorer.batch
+
+    def batch(self: CandidateScorer, *args: Any, **kwargs: Any) -> Any:
+        made = original(self, *args, **kwargs)
+        layouts.append(type(made))
+        return made
+
+    monkeypatch.setattr(CandidateScorer, "batch", batch)
+    data = write_reviews(tmp_path / "reviews.jsonl")
+    config = tiny_config(
+        model_dir,
+        tmp_path / "run",
+        task="custom",
+        data_file=str(data),
+        template="{text}. Sentiment:",
+        labels="0=bad,1=good",
+        batch_size=4,
+        accumulate=2,
+        steps=2,
+    )
+    layouts.clear()
+    assert train(config, quiet=True).steps == 2
+    assert PackedPromptBatch in layouts and PromptBatch not in layouts, layouts
 
 
 def test_a_peft_model_packs_and_scores_as_padded(tiny_tok: PreTrainedTokenizerBase) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 
 from agzo.core.reduce import LOCAL, NO_ROW, Reducer
+from agzo.observe.forward_mask import published_token_mask
 from agzo.observe.token_rows import TokenRows
 from agzo.params import TrainableTensor
 from agzo.seeding import STREAM_POWER_ITERATION, generator_for, split_draw
@@ -342,8 +343,9 @@ class ActivationCapture:
 
     attention_mask: (batch, seq) with 1 on real tokens. When a layer's input has the
     same leading shape, padding rows are zeroed before the power iteration, which leaves
-    them out of HᵀH. If None, the mask is taken from the `attention_mask` keyword of the
-    call to `root` (a transformers model), when there is one.
+    them out of HᵀH. If None, the mask is the one published for the call under way
+    (`agzo.observe.forward_mask`, by packed rows), or else the `attention_mask` keyword of
+    the call to `root` (a transformers model), when there is one.
     """
 
     def __init__(
@@ -402,7 +404,10 @@ class ActivationCapture:
 
     # -- hooks -------------------------------------------------------------------------
     def _mask(self) -> torch.Tensor | None:
-        return self.explicit_mask if self.explicit_mask is not None else self._seen_mask
+        for mask in (self.explicit_mask, published_token_mask(), self._seen_mask):
+            if mask is not None:
+                return mask
+        return None
 
     def _start_for(self, tensor: TrainableTensor, h: torch.Tensor, call: int) -> Any:
         """This call's power-iteration start for `tensor`'s layer.

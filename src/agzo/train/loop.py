@@ -308,10 +308,9 @@ class _Session:
             losses, mask = metric_objective(run, mine)
         else:
             # One batch's token mask goes to the optimizer with the step; micro-batches'
-            # masks are read from each model call, which a packed batch does not carry.
-            pack = None if config.accumulate == 1 else False
+            # masks are read from each model call (published by packed rows).
             batches = [
-                training_batch(run.scorer, part, pack)
+                training_batch(run.scorer, part)
                 for part in (
                     split_evenly(mine, config.accumulate, i) for i in range(config.accumulate)
                 )

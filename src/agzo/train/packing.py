@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from agzo.observe.forward_mask import token_mask_of_call
+
 # Decoders whose attention transformers masks by packed position ids, and whose logits
 # are the output head applied to the last hidden state (no soft-capping or scaling), so
 # that scoring a packed prompt needs the head at its last position only.
@@ -161,9 +163,12 @@ def head_at(model: Any, batch: PackedPromptBatch | PackedSequenceBatch) -> Tenso
     """Logits at the positions the batch scores: the decoder over the packed rows, then
     the output head at those positions only. [n_examples, vocab] for prompts (their last
     token), [n_tokens, vocab] for sequences (the positions predicting candidate tokens)."""
-    hidden = model.get_decoder()(
-        input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
-    ).last_hidden_state
+    # The call carries no attention mask, so its token mask is published for observers
+    # (AGZO's capture), which leave the rows' padding out with it.
+    with token_mask_of_call(batch.attention_mask):
+        hidden = model.get_decoder()(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False
+        ).last_hidden_state
     if isinstance(batch, PackedPromptBatch):
         kept = hidden[batch.last_row, batch.last_column]
     else:
