@@ -174,12 +174,7 @@ def split_with_train_pool(
     eval_units = list(eval_units)
     rng.shuffle(eval_units)
     test, _ = take(eval_units, min(sizes.test, count(eval_units)))
-    pool = list(train_units)
-    rng.shuffle(pool)
-    available = count(pool)
-    n_dev = min(sizes.dev, available // 2)
-    dev, rest = take(pool, n_dev)
-    train, _ = take(rest, min(sizes.train, available - len(dev)))
+    train, dev = _dev_then_train(list(train_units), sizes, rng)
     return train, dev, test
 
 
@@ -197,13 +192,20 @@ def split_carved(
     eval_units = list(eval_units)
     rng.shuffle(eval_units)
     test, rest = take(eval_units, min(targets.test, count(eval_units)))
-    pool = rest + list(extra_train_units)
+    train, dev = _dev_then_train(rest + list(extra_train_units), targets, rng)
+    return train, dev, test
+
+
+def _dev_then_train(
+    pool: list[Unit], sizes: SplitSizes, rng: random.Random
+) -> tuple[list[Example], list[Example]]:
+    """Train and dev from one pool, shuffled in place: dev first, never more than half
+    of the pool, so that train is never starved."""
     rng.shuffle(pool)
     available = count(pool)
-    n_dev = min(targets.dev, available // 2)
-    dev, rest = take(pool, n_dev)
-    train, _ = take(rest, min(targets.train, available - len(dev)))
-    return train, dev, test
+    dev, rest = take(pool, min(sizes.dev, available // 2))
+    train, _ = take(rest, min(sizes.train, available - len(dev)))
+    return train, dev
 
 
 def split_three_pools(
