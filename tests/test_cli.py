@@ -213,6 +213,8 @@ CUSTOM = ["--task", "custom", "--template", "{text}", "--labels", "0=bad,1=good"
         (["--lr", "0"], "lr must be > 0"),
         (["--lr", "fast"], "lr must be a number, got 'fast'"),
         (["--steps", "0"], "steps must be >= 1"),
+        (["--lr-schedule", "step"], "unknown --lr-schedule 'step'; choose one of constant, linear"),
+        (["--steps", "10", "--warmup-steps", "11"], "--warmup-steps must be between 0 and --steps"),
         (["--rnak", "2"], "unrecognized arguments: --rnak 2"),
         (["--task", "custom"], "--task custom needs --data-file"),
         (["--data-file", "x.jsonl"], "--data-file only apply to --task custom"),

@@ -5,6 +5,7 @@ Layout of a run directory (only what this module owns):
     checkpoints/step-000050/
         weights.safetensors   the trained tensors only (frozen ones come from the base model)
         optimizer.pt          optimizer.state_dict(): ZO step count and seed, Adam moments...
+        scheduler.pt          the learning-rate scheduler's state (--lr-schedule, --warmup-steps)
         rng.pt                torch RNG states (dropout in first-order runs)
         state.json            step, zero-shot and best-on-dev metrics, timings
         metrics.jsonl         the metrics log up to this step
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from agzo.fileio import link_or_copy
 from agzo.train.config import TrainConfig
@@ -61,6 +63,7 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.pt"
 RNG = "rng.pt"
 STATE = "state.json"
 METRICS = "metrics.jsonl"
@@ -184,6 +187,7 @@ def save_checkpoint(
     *,
     named_params: NamedParams,
     optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler | None = None,
     state: TrainState,
     metrics: Sequence[dict[str, Any]],
     config: TrainConfig,
@@ -202,6 +206,8 @@ def save_checkpoint(
         else:
             save_weights(named_params, staging / WEIGHTS)
         torch.save(optimizer.state_dict(), staging / OPTIMIZER)
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), staging / SCHEDULER)
         torch.save(_rng_state(), staging / RNG)
         _write_json(staging / STATE, state.to_json())
         _write_jsonl(staging / METRICS, metrics)
@@ -262,12 +268,20 @@ class Checkpoint:
         run_dir: Path,
         named_params: NamedParams,
         optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler | None = None,
         write: bool = True,
     ) -> None:
-        """Load weights, optimizer state and RNG state; put back this checkpoint's best
-        (unless `write` is False: a process other than the one that writes)."""
+        """Load weights, optimizer, scheduler and RNG state; put back this checkpoint's
+        best (unless `write` is False: a process other than the one that writes)."""
+        if scheduler is not None and not (self.path / SCHEDULER).is_file():
+            raise CheckpointError(
+                f"{self.path} holds no learning-rate schedule ({SCHEDULER}): it was saved by "
+                f"a run with a constant rate"
+            )
         load_weights(named_params, self.weights_path)
         optimizer.load_state_dict(torch.load(self.path / OPTIMIZER, weights_only=True))
+        if scheduler is not None:
+            scheduler.load_state_dict(torch.load(self.path / SCHEDULER, weights_only=True))
         _restore_rng(torch.load(self.path / RNG, weights_only=True))
         best = self.path / BEST_LINK
         if write and best.is_file() and self.state.best_step is not None:

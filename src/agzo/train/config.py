@@ -37,6 +37,7 @@ from agzo.placement import OFFLOAD_CHOICES, PlacementError, parse_device_map
 from agzo.tasks import available_tasks, get_task
 from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
 from agzo.train.layers import parse_layers
+from agzo.train.schedule import SCHEDULES
 
 __all__ = [
     "CUSTOM_TASK",
@@ -177,6 +178,16 @@ class TrainConfig:
         metadata=_help("the method's own settings, given flat: --rank 4 (see `agzo methods`)"),
     )
     weight_decay: float = field(default=0.0, metadata=_help("decoupled weight decay"))
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_help(
+            "the rate over the run: " + " | ".join(SCHEDULES) + " (decay to zero at the last "
+            "step); --lr is its peak"
+        ),
+    )
+    warmup_steps: int = field(
+        default=0, metadata=_help("steps of linear warmup from zero before the schedule")
+    )
     quantize: int | None = field(
         default=None,
         metadata=_help("weight-only quantized base: 8 | 4 (needs zo-act or --lora-rank)"),
@@ -435,6 +446,15 @@ class TrainConfig:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}"
+            )
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ConfigError(
+                f"--warmup-steps must be between 0 and --steps ({self.steps}), "
+                f"got {self.warmup_steps}"
+            )
         if self.select not in SELECT_CHOICES:
             raise ConfigError(
                 f"unknown --select {self.select!r}; choose one of {', '.join(SELECT_CHOICES)}"

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -67,6 +68,7 @@ from agzo.train.rundir import (
     RunDirPlan,
     plan_run_dir,
 )
+from agzo.train.schedule import build_scheduler
 from agzo.train.setup import Printer, RunData, load_run, resolve_device, user_errors
 from agzo.train.summary import comparison, describe, run_summary, write_json
 
@@ -155,11 +157,14 @@ def train(
         run = load_run(config, say)  # resolves what needs the model (--layers dominant)
         with user_errors("optimizer"):
             optimizer = build_optimizer(run.model, run.config, processes.reducer)
+        scheduler = build_scheduler(
+            optimizer, config.lr_schedule, config.warmup_steps, config.steps
+        )
         named = trainable_parameters(run.model, run.config)
         # After the optimizer: it holds the host tensors the offload hooks copy from.
         offload = check_offload(config.offload)
         host = HostOffload(run.model, offload) if offload is not None else None
-        session = _Session.start(run, optimizer, plan, say, processes, named, host)
+        session = _Session.start(run, optimizer, scheduler, plan, say, processes, named, host)
         try:
             with _terminate_as_ctrl_c():
                 session.evaluate_zero_shot()
@@ -183,6 +188,7 @@ class _Session:
         self,
         run: RunData,
         optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler | None,
         named: list[tuple[str, torch.nn.Parameter]],
         run_dir: Path,
         state: TrainState,
@@ -192,7 +198,7 @@ class _Session:
         processes: Processes,
         host: HostOffload | None = None,
     ) -> None:
-        self.run, self.optimizer, self.run_dir = run, optimizer, run_dir
+        self.run, self.optimizer, self.scheduler, self.run_dir = run, optimizer, scheduler, run_dir
         self.processes = processes
         self.host = host
         self.config = run.config
@@ -208,6 +214,7 @@ class _Session:
         cls,
         run: RunData,
         optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler | None,
         plan: RunDirPlan,
         say: Printer,
         processes: Processes,
@@ -224,7 +231,7 @@ class _Session:
             run.config.save(plan.path / CONFIG)
         state, checkpoint = TrainState(), plan.checkpoint
         if checkpoint is not None:
-            checkpoint.restore(plan.path, named, optimizer, write=processes.is_main)
+            checkpoint.restore(plan.path, named, optimizer, scheduler, write=processes.is_main)
             state = checkpoint.state
             say(f"resumed from {checkpoint.path} (step {state.step} of {run.config.steps})")
         processes.broadcast_weights([p for _, p in named])
@@ -237,7 +244,9 @@ class _Session:
             files=processes.is_main,
         )
         saved_at = state.step if checkpoint is not None else -1
-        return cls(run, optimizer, named, plan.path, state, log, say, saved_at, processes, host)
+        return cls(
+            run, optimizer, scheduler, named, plan.path, state, log, say, saved_at, processes, host
+        )
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate_dev(self, step: int) -> dict[str, float]:
@@ -335,7 +344,11 @@ class _Session:
             elapsed = time.perf_counter() - started
             state.train_seconds += elapsed
             state.skipped_steps += loss is None
-            self.log.log("train", step, loss=loss, step_time=elapsed)
+            scheduled = {}
+            if self.scheduler is not None:
+                scheduled["lr"] = self.scheduler.get_last_lr()[0]  # the rate this step used
+                self.scheduler.step()
+            self.log.log("train", step, loss=loss, step_time=elapsed, **scheduled)
         if loss is not None:
             self.recent.append(loss)
         if processes.distributed and (
@@ -360,6 +373,7 @@ class _Session:
             self.run_dir,
             named_params=self.named,
             optimizer=self.optimizer,
+            scheduler=self.scheduler,
             state=self.state,
             metrics=self.log.upto(self.state.step),
             config=self.config,
