@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import get_scheduler
 
 __all__ = ["SCHEDULES", "build_scheduler"]
 
@@ -27,6 +26,10 @@ def build_scheduler(
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if schedule == "constant" and warmup_steps == 0:
         return None
+    # Imported here: transformers' optimization module imports its trainer's helpers, and
+    # through them peft and bitsandbytes, a second of start-up that a constant run skips.
+    from transformers import get_scheduler
+
     name = "constant_with_warmup" if schedule == "constant" else schedule
     scheduler: LRScheduler = get_scheduler(
         name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps
