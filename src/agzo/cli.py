@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import re
 import sys
@@ -338,10 +339,14 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _quiet_transformers() -> None:
-    """Silence transformers' own load/save progress bars: agzo reports loading itself."""
+    """Silence transformers' own load/save progress bars: agzo reports loading itself.
+    Also bitsandbytes' start-up warning on CPUs with bfloat16 instructions: it looks for
+    an optional kernel download (the `kernels` package) and falls back to its own code,
+    which is what agzo's 4-bit bases were measured with."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def _one_line(error: BaseException) -> str:
