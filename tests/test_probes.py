@@ -162,6 +162,25 @@ def test_speed_report_measures_every_method_and_region() -> None:
     assert report.breakdown_s["mezo"]["agzo.rng"] > 0
 
 
+def test_zo_act_steps_its_own_copy_of_the_model_beside_the_others() -> None:
+    model = build_shape("tiny")
+    batch = random_batch(model, 4, 16)
+    before = [p.detach().clone() for p in model.parameters()]
+    report = measure_speed(
+        model,
+        last_token_loss(model, *batch),
+        ("agzo", "zo-act"),
+        rounds=1,
+        loss_for=lambda m: last_token_loss(m, *batch),
+    )
+    assert set(report.step_s) == {"agzo", "zo-act"}
+    assert report.breakdown_s["zo-act"]["agzo.forward"] > 0
+    # The shared model has no ZO-Act layers: its parameters are the ones it started with.
+    assert len(list(model.parameters())) == len(before)
+    with pytest.raises(ValueError, match="pass loss_for"):
+        measure_speed(model, last_token_loss(model, *batch), ("zo-act",), rounds=1)
+
+
 def test_memory_probe_runs_each_config_in_its_own_process() -> None:
     rows = measure_memory("tiny", [2], [16], ("inference", "agzo", "fo-adamw"))
     assert [r.config for r in rows] == ["inference", "agzo", "fo-adamw"]
@@ -200,10 +219,10 @@ def test_probe_commands_from_the_cli(tmp_path, capsys) -> None:
     from agzo.cli import main
 
     out = tmp_path / "speed"
-    assert main(["probe", "speed", "--shape", "tiny", "--batch", "2", "--seq", "8",
-                 "--rounds", "1", "--methods", "agzo,mezo", "--output", str(out)]) == 0  # fmt: skip
+    assert main(["probe", "speed", "--shape", "tiny", "--batch", "2", "--seq", "8", "--rounds",
+                 "1", "--methods", "agzo,mezo,zo-act", "--output", str(out)]) == 0  # fmt: skip
     report = json.loads((out / "speed.json").read_text())
-    assert set(report["step_over_two_forwards"]) == {"agzo", "mezo"}
+    assert set(report["step_over_two_forwards"]) == {"agzo", "mezo", "zo-act"}
     assert "two plain forward passes" in capsys.readouterr().out
 
     assert main(["probe", "speed", "--shape", "nope", "--output", str(out)]) == 2

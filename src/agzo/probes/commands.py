@@ -440,22 +440,28 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
 
 
 def _speed(args: argparse.Namespace, out: Path) -> int:
+    from agzo.methods import method_names
     from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
-    from agzo.probes.speed import format_speed, measure_speed, side_by_side_methods
+    from agzo.probes.speed import format_speed, measure_speed
 
     _check_choices("shape", [args.shape], list(SHAPES))
-    shared = side_by_side_methods()
-    methods = _csv(args.methods) if args.methods else list(shared)
-    _check_choices("method", methods, shared)
+    every = list(method_names())
+    methods = _csv(args.methods) if args.methods else every
+    _check_choices("method", methods, every)
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
-    closure = last_token_loss(model, *random_batch(model, args.batch, args.seq, args.device))
+    batch = random_batch(model, args.batch, args.seq, args.device)
+
+    def loss_for(some_model: torch.nn.Module) -> Any:
+        return last_token_loss(some_model, *batch)
 
     def on_round(index: int, timings: dict[str, float]) -> None:
         shown = ", ".join(f"{k} {v:.3f}s" for k, v in timings.items())
         print(f"  round {index}{' (warm-up)' if index == 0 else ''}: {shown}", file=sys.stderr)
 
-    report = measure_speed(model, closure, tuple(methods), args.rounds, on_round=on_round)
+    report = measure_speed(
+        model, loss_for(model), tuple(methods), args.rounds, on_round=on_round, loss_for=loss_for
+    )
     payload = {
         "shape": args.shape,
         "batch": args.batch,

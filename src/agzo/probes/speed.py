@@ -2,14 +2,17 @@
 
 All methods run on the same model and batch in one process, interleaved round by round,
 so that machine noise hits them alike; the figure reported is each method's median step
-time divided by the median time of two no-grad forward passes (the least any
-two-evaluation method can cost). A separate profiled round splits a step into the
-library's own labelled regions (forward passes, activation capture, perturbation,
-update, random-number generation), which the optimizers mark with `record_function`.
+time divided by the median time of two no-grad forward passes of the model (the least
+any two-evaluation method can cost). A method that adds layers to the model (ZO-Act)
+steps a copy of it, prepared on the same batch, so the others never see its layers. A
+separate profiled round splits a step into the library's own labelled regions (forward
+passes, activation capture, perturbation, update, random-number generation), which the
+optimizers mark with `record_function`.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
@@ -79,18 +82,29 @@ def step_function(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.
     return first_order
 
 
+LossFor = Callable[[nn.Module], Callable[[], torch.Tensor]]
+
+
 def make_step(
-    method: str, model: nn.Module, closure: Callable[[], torch.Tensor], **options: Any
+    method: str,
+    model: nn.Module,
+    closure: Callable[[], torch.Tensor],
+    loss_for: LossFor | None = None,
+    **options: Any,
 ) -> Step:
     """One step of `method` on the closure's batch, on the model shared with the other
-    methods measured beside it; so not for a method that adds layers to the model (ZO-Act:
-    measure it in a process of its own, as `agzo probe memory` does)."""
-    if get_method(method).prepare is not None:
+    methods measured beside it. A method that adds layers to the model (ZO-Act) steps a
+    copy instead, whose loss on the same batch `loss_for(copy)` gives."""
+    if get_method(method).prepare is None:
+        return step_function(probe_optimizer(method, model, closure, **options), closure)
+    if loss_for is None:
         raise ValueError(
             f"{method} adds layers to the model, which the other methods measured beside it "
-            "would then see; measure it alone (agzo probe memory runs each in its own process)"
+            "would then see; pass loss_for (the batch's loss of a model) to step a copy"
         )
-    return step_function(probe_optimizer(method, model, closure, **options), closure)
+    own = copy.deepcopy(model)
+    own_closure = loss_for(own)
+    return step_function(probe_optimizer(method, own, own_closure, **options), own_closure)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -137,9 +151,11 @@ def measure_speed(
     rounds: int = 5,
     breakdown: bool = True,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
+    loss_for: LossFor | None = None,
 ) -> SpeedReport:
-    """Median step time of each method (default: every zeroth-order one) and of two plain
-    forwards, interleaved per round."""
+    """Median step time of each method (default: every zeroth-order one that shares the
+    model) and of two plain forwards, interleaved per round. `loss_for(model)`: the
+    batch's loss closure of a given model, for methods that step a copy (`make_step`)."""
     if methods is None:
         methods = side_by_side_methods(zeroth_order_only=True)
     device = next(model.parameters()).device
@@ -150,7 +166,7 @@ def measure_speed(
             closure()
 
     runs: dict[str, Step] = {"two_forwards": two_forwards}
-    runs |= {m: make_step(m, model, closure) for m in methods}
+    runs |= {m: make_step(m, model, closure, loss_for) for m in methods}
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(rounds + 1):
         timings = {}
