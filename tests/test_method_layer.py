@@ -436,9 +436,9 @@ def test_benchmark_tasks_train_with_their_papers_loss_by_default() -> None:
 
 
 def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
-    """Without --lr, AGZO on SST-2 trains at the study's choice; any setting the study did
-    not run (another loss, a preset, adapters, a layer subset, another option) falls back
-    to the method's default, and a given --lr always wins."""
+    """Without --lr, AGZO on SST-2 trains at the study's choice, and so does its paper
+    preset; any setting the study did not run (another loss, adapters, a layer subset,
+    another option) falls back to the method's default, and a given --lr always wins."""
     from agzo.methods import get_method
     from agzo.tasks import get_task
     from agzo.train import TrainConfig
@@ -449,9 +449,12 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     assert TrainConfig(task="sst2").resolved()["lr"] == chosen
     assert TrainConfig(task="sst2", loss="candidates").learning_rate == chosen
     assert TrainConfig(task="sst2", lr=1e-6).learning_rate == 1e-6
+    paper = get_task("sst2").chosen_rate("agzo", "paper")
+    assert paper is not None and TrainConfig(task="sst2", preset="paper").learning_rate == paper
+    assert TrainConfig(task="rte", preset="paper").learning_rate == default
     for changed in (
         {"loss": "lm"},
-        {"preset": "paper"},
+        {"preset": "paper", "loss": "lm"},
         {"lora_rank": 8},
         {"layers": "3"},
         {"options": {"rank": 4}},

@@ -49,9 +49,10 @@ class BenchmarkTask:
     paper_loss: the loss MeZO (and AGZO after it) trains the task with: "candidates" (a
         softmax over the candidates' mean log-probabilities) where it sets
         --train_as_classification, "lm" (the correct continuation's tokens) for COPA.
-    chosen_rates: (method, learning rate) pairs the study chose on this task's dev, with
-        its settings (docs/RESULTS.md); a run of the method in those settings without
-        --lr trains at that rate. Methods not listed keep their own default.
+    chosen_rates: (setting, learning rate) pairs the study chose on this task's dev, with
+        its settings (docs/RESULTS.md); a setting is a method's name, or the name and a
+        preset ("agzo --preset paper"). A run of it in those settings without --lr trains
+        at that rate; a setting not listed keeps its method's default.
     """
 
     name: str
@@ -66,8 +67,9 @@ class BenchmarkTask:
     paper_loss: str = "candidates"
     chosen_rates: tuple[tuple[str, float], ...] = ()
 
-    def chosen_rate(self, method: str) -> float | None:
-        return dict(self.chosen_rates).get(method)
+    def chosen_rate(self, method: str, preset: str | None = None) -> float | None:
+        setting = method if preset is None else f"{method} --preset {preset}"
+        return dict(self.chosen_rates).get(setting)
 
     def default_sizes(self) -> SplitSizes:
         return MEZO_SIZES._replace(dev=self.default_dev)
@@ -196,7 +198,12 @@ BENCHMARK_TASKS: tuple[BenchmarkTask, ...] = (
         # 3e-5 0.832, 1e-4 0.754 at step 100, then diverging; MeZO: 3e-6 0.736, 1e-5 0.790,
         # 3e-5 0.824, 9e-5 0.762 at step 200, then diverging; ZO-Act: 3e-4 0.834, 1e-3
         # 0.856, 3e-3 0.760 at step 200, then diverging).
-        chosen_rates=(("agzo", 3e-5), ("mezo", 3e-5), ("zo-act", 1e-3)),
+        chosen_rates=(
+            ("agzo", 3e-5),
+            ("mezo", 3e-5),
+            ("agzo --preset paper", 3e-5),
+            ("zo-act", 1e-3),
+        ),
     ),
     BenchmarkTask(
         name="sst2-mezo",

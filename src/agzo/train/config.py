@@ -527,14 +527,14 @@ class TrainConfig:
 
     @property
     def task_rate(self) -> float | None:
-        """The rate the study chose for this method on this task, where this run has the
-        study's settings: the task's own loss, every parameter trained (no adapters, no
-        layer subset) and the method's defaults (no preset, no other option). Else None."""
+        """The rate the study chose for this method (and preset) on this task, where this
+        run has the study's settings: the task's own loss, every parameter trained (no
+        adapters, no layer subset) and the method's or preset's defaults (no other
+        option). Else None."""
         if self.task not in available_tasks():  # a custom task (or an unknown one)
             return None
         in_study_settings = (
-            self.preset is None
-            and not self.options
+            not self.options
             and self.lora_rank is None
             and self.layers is None
             and self.loss in (None, self._paper_loss())
@@ -542,7 +542,8 @@ class TrainConfig:
         chosen_rate = getattr(get_task(self.task), "chosen_rate", None)
         if not in_study_settings or chosen_rate is None:
             return None
-        return chosen_rate(self.optimizer)
+        rate: float | None = chosen_rate(self.optimizer, self.preset)
+        return rate
 
     @property
     def loss_kind(self) -> str:
