@@ -52,7 +52,8 @@ def test_zero_learning_rate_step_restores_the_weights(name: str, arch: str) -> N
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_update_uses_exactly_the_measured_perturbation(name: str) -> None:
-    """W₁ − W₀ must equal −ηg·Δ with Δ read off the weights the closure saw.
+    """W₁ − W₀ must equal −ηg·Δ with Δ read off the weights the closure saw and η the
+    group's rate at that step (changed before every step, as a schedule does).
 
     LOZO's public code draws a fresh U for the update on refresh steps; with
     refresh_every=2 over six steps such a mismatch fails here.
@@ -68,7 +69,11 @@ def test_update_uses_exactly_the_measured_perturbation(name: str) -> None:
         seen.append((float(value), _weights(model)))
         return value
 
-    for _ in range(6):
+    peak = opt.param_groups[0]["lr"]
+    for step in range(6):
+        # A schedule's rate (a warmup here): each step must use the group's rate of now.
+        for group in opt.param_groups:
+            group["lr"] = peak * (step + 1) / 6
         seen.clear()
         start = _weights(model)
         opt.step(closure)
