@@ -248,7 +248,7 @@ def test_alignment_probe_reads_a_training_checkpoint(model_dir, shared_data_dir,
                  "--no-tensorboard", "--output-dir", str(run)]) == 0  # fmt: skip
     checkpoint = run / "checkpoints" / "step-000002"
     outputs = {}
-    for name, spec in (("trained", checkpoint), ("base", model_dir)):
+    for name, spec in (("trained", checkpoint), ("base", model_dir), ("run", run)):
         out = tmp_path / name
         probe = ["probe", "alignment", "--model", str(spec), "--task", "sst2",
                  "--data-dir", str(shared_data_dir / "sst2"), "--batch-size", "2",
@@ -268,6 +268,9 @@ def test_alignment_probe_reads_a_training_checkpoint(model_dir, shared_data_dir,
     # At lr 0.5 two steps move the weights: the probed gradient, hence the cosine, differs.
     cosine = {k: v["results"][0]["cosine"]["mean"] for k, v in outputs.items()}
     assert cosine["trained"] != cosine["base"]
+    # The run itself (saved without model/) is probed at the weights it tested: best/'s.
+    best_step = json.loads((run / "summary.json").read_text())["best_step"]
+    assert cosine["run"] == cosine["trained" if best_step == 2 else "base"]
 
 
 def test_memory_probe_on_a_quantized_base_measures_only_what_leaves_it_frozen() -> None:

@@ -226,9 +226,17 @@ def test_save_final_keeps_the_last_weights_and_none_keeps_no_model(
     assert inode(tmp_path / "final" / "model" / "model.safetensors") == inode(last)
     assert final.summary["tested_step"] == 4
 
-    assert main(["train", *tiny_flags(model_dir, tmp_path / "none"), "--save", "none"]) == 0
-    assert not (tmp_path / "none" / "model").exists()
-    assert json.loads((tmp_path / "none" / "summary.json").read_text())["model_dir"] is None
+    none = tmp_path / "none"
+    assert main(["train", *tiny_flags(model_dir, none), "--save", "none"]) == 0
+    assert not (none / "model").exists()
+    summary = json.loads((none / "summary.json").read_text())
+    assert summary["model_dir"] is None
+    # Without model/, `agzo eval` of the run evaluates the weights it tested (best/).
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(none), "--output", str(report), "--quiet"]) == 0
+    evaluated = json.loads(report.read_text())["results"]["test"]
+    assert evaluated["accuracy"] == summary["final"]["test"]["accuracy"]
+    assert abs(evaluated["loss"] - summary["final"]["test"]["loss"]) < 1e-5
     with pytest.raises(ValueError, match="unknown save mode 'all'"):
         TrainConfig(save_mode="all")
 

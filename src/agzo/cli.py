@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument(
         "--model",
         default=argparse.SUPPRESS,
-        help="run dir, saved model dir, checkpoint dir, built-in name, .gguf or hub id",
+        help="run dir (its model/, or best/ when saved with --save none), saved model dir, "
+        "checkpoint dir, built-in name, .gguf or hub id",
     )
     eval_parser.add_argument("--split", choices=("dev", "test", "both"), default="test")
     eval_parser.add_argument(

@@ -54,7 +54,8 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     align.add_argument(
         "--model", default="smollm2-135m",
-        help="built-in name, saved model dir, .gguf, hub id, or a run's checkpoint dir",
+        help="built-in name, saved model dir, .gguf, hub id, a run dir (its tested weights) "
+        "or a run's checkpoint dir",
     )  # fmt: skip
     align.add_argument("--task", default="sst2")
     align.add_argument(
@@ -163,24 +164,24 @@ def run_probe(args: argparse.Namespace) -> int:
 
 
 def _model_or_checkpoint(spec: str) -> tuple[Any, Any]:
-    """A model spec, or a training checkpoint: its run's model with the trained weights."""
+    """A model spec; a run or its model/ (the saved model); or a training checkpoint, or a
+    run saved without model/: its run's model with the trained weights."""
     from agzo.models import load_model
-    from agzo.train.checkpoint import is_checkpoint_dir, load_weights
+    from agzo.train.checkpoint import load_weights
     from agzo.train.config import TrainConfig
     from agzo.train.evaluate_saved import saved_settings
     from agzo.train.optimizers import trainable_parameters
 
-    if not is_checkpoint_dir(Path(spec)):
-        return load_model(spec)
     settings, weights = saved_settings(spec)
+    if weights is None:
+        return load_model(settings["model"])
     config = TrainConfig.from_dict(settings)
     if config.lora_rank is not None or config.optimizer == "zo-act" or config.quantize:
         raise ProbeError(
-            f"{spec}: a checkpoint of adapters (LoRA, ZO-Act) or of a quantized base; probe "
-            "the run's saved model/ instead"
+            f"{spec}: the trained weights of adapters (LoRA, ZO-Act) or of a quantized base; "
+            "probe a run's saved model/ instead"
         )
     model, tokenizer = load_model(config.model, config.dtype)
-    assert weights is not None
     load_weights(trainable_parameters(model, config), weights)
     return model, tokenizer
 

@@ -10,7 +10,13 @@ from typing import Any
 
 from agzo.adapters.lora import is_adapter_dir
 from agzo.tasks.base import Example
-from agzo.train.checkpoint import CONFIG, is_checkpoint_dir, load_checkpoint, load_weights
+from agzo.train.checkpoint import (
+    CONFIG,
+    best_weights_path,
+    is_checkpoint_dir,
+    load_checkpoint,
+    load_weights,
+)
 from agzo.train.config import TrainConfig
 from agzo.train.evaluate import Predictions
 from agzo.train.evaluate_generation import Generations
@@ -26,8 +32,9 @@ def saved_settings(spec: str) -> tuple[dict[str, Any], Path | None]:
     """Settings implied by what a model spec points at, and checkpoint weights if any.
 
     A run directory or its model/ gives the run's config (task, data, seed, sizes) with
-    the model replaced by model/; a checkpoint gives the run's config and its trained
-    weights; anything else is a plain model spec.
+    the model replaced by model/; a run saved without model/ (`--save none`) gives its
+    config and the weights it tested, best/'s; a checkpoint gives the run's config and its
+    trained weights; anything else is a plain model spec.
     """
     path = Path(spec)
     if is_checkpoint_dir(path):
@@ -38,6 +45,8 @@ def saved_settings(spec: str) -> tuple[dict[str, Any], Path | None]:
         if (run_dir / CONFIG).is_file() and saved_model:
             base = TrainConfig.from_file(run_dir / CONFIG).resolved()
             return base | {"model": str(model_dir)}, None
+    if (path / CONFIG).is_file() and best_weights_path(path).is_file():
+        return TrainConfig.from_file(path / CONFIG).resolved(), best_weights_path(path)
     return {"model": spec}, None
 
 
