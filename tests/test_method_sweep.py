@@ -287,3 +287,30 @@ def test_the_paper_style_table_puts_tasks_side_by_side(tmp_path: Path) -> None:
     assert "60.0 (1) [k = 32]" in rows["in-context"]
     assert "85.0 ± 7.1 (2) [lr 1e-05, edge]" in rows["agzo"] and "searching" in rows["agzo"]
     assert rows["mezo"].endswith("| searching | not run |")
+
+
+def test_the_curvature_model_over_batches_averages_descent_and_cost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import curvature_over_batches
+
+    def probe(folder: Path, mezo: tuple[float, float], agzo: tuple[float, float]) -> Path:
+        folder.mkdir()
+        results = [
+            {"name": name, "cosine": {"mean": 1e-4},
+             "one_step": {"descent": a, "cost": b, "rayleigh": {"mean": 1e-5}}}
+            for name, (a, b) in (("mezo", mezo), ("agzo", agzo))
+        ]  # fmt: skip
+        (folder / "alignment.json").write_text(json.dumps({"curvature": True, "results": results}))
+        return folder
+
+    first = probe(tmp_path / "seed0", (100.0, 1e6), (50.0, 5e5))
+    second = probe(tmp_path / "seed1", (300.0, 3e6), (350.0, 1.1e6))
+    monkeypatch.setattr(sys, "argv", ["x", str(first), str(second), "--lr", "1e-4"])
+    curvature_over_batches.main()
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()}
+    # One step at 1e-4 lowers a batch's loss by 1e-4·a − 1e-8·b / 2: on seed 0, MeZO's by
+    # 0.005 and AGZO's by 0.0025. The mean row takes the mean a and b: MeZO 200 and 2e6
+    # (0.01), AGZO 200 and 8e5 (0.016).
+    assert rows["seed0"].endswith("| 0.50 |")
+    assert rows["mean"].endswith("| 1.60 |")
