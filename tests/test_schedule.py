@@ -54,6 +54,16 @@ def test_the_cosine_schedule_ends_at_zero(model_dir: Path, tmp_path: Path) -> No
     assert logged_rates(out) == pytest.approx(expected, rel=1e-9)
 
 
+def test_a_run_extended_on_resume_stretches_its_schedule(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = {"lr": 1e-3, "lr_schedule": "linear", "warmup_steps": 1}
+    train(tiny_config(model_dir, out, steps=4, **settings), quiet=True)
+    train(tiny_config(model_dir, out, steps=8, **settings), resume=True, quiet=True)
+    # Steps 1-4 on the 4-step line, steps 5-8 on the 8-step one: 1e-3 · (8 - s) / 7.
+    expected = [0.0, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3] + [1e-3 * (8 - s) / 7 for s in range(4, 8)]
+    assert logged_rates(out) == pytest.approx(expected, abs=1e-15)
+
+
 def test_an_interrupted_run_resumes_onto_the_same_schedule(model_dir: Path, tmp_path: Path) -> None:
     settings = {"lr_schedule": "cosine", "warmup_steps": 2, "steps": 6}
     reference = tmp_path / "reference"

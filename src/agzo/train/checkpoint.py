@@ -282,6 +282,10 @@ class Checkpoint:
         optimizer.load_state_dict(torch.load(self.path / OPTIMIZER, weights_only=True))
         if scheduler is not None:
             scheduler.load_state_dict(torch.load(self.path / SCHEDULER, weights_only=True))
+            # The next step's rate from the schedule as it is now: a run resumed with more
+            # --steps has stretched it since the rate was saved.
+            scheduler.last_epoch -= 1
+            scheduler.step()
         _restore_rng(torch.load(self.path / RNG, weights_only=True))
         best = self.path / BEST_LINK
         if write and best.is_file() and self.state.best_step is not None:
