@@ -49,6 +49,13 @@ SEQUENCES = [
 ]
 
 
+def reviews_task(tmp_path: Path) -> dict[str, str]:
+    """A custom sentiment task over a small reviews file, as TrainConfig settings."""
+    data = write_reviews(tmp_path / "reviews.jsonl")
+    return {"task": "custom", "data_file": str(data), "template": "{text}. Sentiment:",
+            "labels": "0=bad,1=good"}  # fmt: skip
+
+
 def test_first_fit_rows_places_each_sequence_once_within_the_widest() -> None:
     lengths = [random.Random(seed).randint(1, 30) for seed in range(40)]
     rows = first_fit_rows(lengths)
@@ -166,17 +173,8 @@ def test_a_run_with_accumulation_trains_on_packed_rows(
         return made
 
     monkeypatch.setattr(CandidateScorer, "batch", batch)
-    data = write_reviews(tmp_path / "reviews.jsonl")
     config = tiny_config(
-        model_dir,
-        tmp_path / "run",
-        task="custom",
-        data_file=str(data),
-        template="{text}. Sentiment:",
-        labels="0=bad,1=good",
-        batch_size=4,
-        accumulate=2,
-        steps=2,
+        model_dir, tmp_path / "run", **reviews_task(tmp_path), batch_size=4, accumulate=2, steps=2
     )
     layouts.clear()
     assert train(config, quiet=True).steps == 2
@@ -257,13 +255,7 @@ def test_the_correct_candidates_alone_give_every_candidates_language_model_loss(
 def test_a_run_resumed_with_packing_changed_finishes_and_evaluates_alike(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    data = write_reviews(tmp_path / "reviews.jsonl")
-    custom = {
-        "task": "custom",
-        "data_file": str(data),
-        "template": "{text}. Sentiment:",
-        "labels": "0=bad,1=good",
-    }
+    custom = reviews_task(tmp_path)
     run = tmp_path / "run"
     padded = tiny_config(model_dir, run, **custom, pack=False, steps=2)
     train(padded, quiet=True)
