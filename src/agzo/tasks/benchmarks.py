@@ -196,8 +196,9 @@ BENCHMARK_TASKS: tuple[BenchmarkTask, ...] = (
         # "SST-2, the study": 1,000 steps of batch 16, SmolLM2-135M-Instruct, seed 0's
         # best dev accuracy over a 3x grid widened until interior (AGZO: 1e-5 0.794,
         # 3e-5 0.832, 1e-4 0.754 at step 100, then diverging; MeZO: 3e-6 0.736, 1e-5 0.790,
-        # 3e-5 0.824, 9e-5 0.762 at step 200, then diverging; ZO-Act: 3e-4 0.834, 1e-3
-        # 0.856, 3e-3 0.760 at step 200, then diverging).
+        # 3e-5 0.824, 9e-5 0.762 at step 200, then diverging; AGZO's paper preset: 1e-5
+        # 0.790, 3e-5 0.832, 1e-4 0.790 at step 400, then diverging; ZO-Act: 3e-4 0.834,
+        # 1e-3 0.856, 3e-3 0.760 at step 200, then diverging).
         chosen_rates=(
             ("agzo", 3e-5),
             ("mezo", 3e-5),
