@@ -1,13 +1,14 @@
-"""Step time and peak memory of AGZO, MeZO and LOZO relative to plain inference.
+"""Step time and peak memory of every zeroth-order method relative to plain inference.
 
     python benchmarks/step_cost.py --shape smollm2-135m --batch 16 --seq 32
     python benchmarks/step_cost.py --shape qwen3-0.6b --batch 8 --seq 64
 
 Prints, measured side by side in one run: each method's median step time divided by the
 time of two plain no-grad forward passes on the same batch (methods interleaved round by
-round), and each method's peak memory divided by inference's (a fresh process per
-method). Targets: AGZO step <= 1.10x two forwards and no slower than MeZO's; AGZO peak
-memory <= 1.05x inference. Weights are random: cost does not depend on them.
+round; ZO-Act on its own prepared copy of the model), and each method's peak memory
+divided by inference's (a fresh process per method). Targets: AGZO step <= 1.10x two
+forwards and no slower than MeZO's; AGZO peak memory <= 1.05x inference. Weights are
+random: cost does not depend on them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import sys
 
 import torch
 
+from agzo.methods import method_names
 from agzo.probes.memory import format_memory, measure_memory
 from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
-from agzo.probes.speed import format_speed, measure_speed, side_by_side_methods
+from agzo.probes.speed import format_speed, measure_speed
 
 
 def main() -> None:
@@ -35,18 +37,20 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
+    methods = method_names(zeroth_order=True)
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
-    closure = last_token_loss(model, *random_batch(model, args.batch, args.seq, args.device))
+    batch = random_batch(model, args.batch, args.seq, args.device)
     speed = measure_speed(
         model,
-        closure,
-        side_by_side_methods(zeroth_order_only=True),
+        last_token_loss(model, *batch),
+        methods,
         args.rounds,
         on_round=lambda i, t: print(
             f"round {i}: " + ", ".join(f"{k} {v:.3f}s" for k, v in t.items()), file=sys.stderr
         ),
+        loss_for=lambda some_model: last_token_loss(some_model, *batch),
     )
-    del model, closure
+    del model  # the memory workers need the memory
     print(f"{args.shape} {args.dtype}, batch {args.batch} x {args.seq} tokens, {args.device}")
     print(format_speed(speed))
     ratios = speed.ratios()
@@ -58,7 +62,7 @@ def main() -> None:
     if not args.skip_memory:
         rows = measure_memory(
             args.shape, [args.batch], [args.seq],
-            ("inference", *side_by_side_methods(zeroth_order_only=True)), args.dtype, args.device,
+            ("inference", *methods), args.dtype, args.device,
         )  # fmt: skip
         print()
         print(format_memory(rows))
