@@ -123,7 +123,10 @@ def test_tasks_lists_every_task(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--answer-field" in lines[-1]  # the generative custom task is listed too
     assert any(line.startswith(DEFAULT_TASK) and "(default)" in line for line in lines)
     sst2 = next(line for line in lines if line.startswith("sst2 "))
-    chosen = "agzo 3e-05, mezo 3e-05, agzo --preset paper 3e-05, zo-act 0.001"
+    chosen = (
+        "agzo 3e-05, mezo 3e-05, agzo --preset paper 3e-05, zo-act 0.001, "
+        "agzo --layers dominant 0.0003"
+    )
     assert sst2.endswith(f"[the study's lr: {chosen}]")  # used without --lr
 
 

@@ -436,8 +436,9 @@ def test_benchmark_tasks_train_with_their_papers_loss_by_default() -> None:
 
 
 def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
-    """Without --lr, AGZO on SST-2 trains at the study's choice, and so does its paper
-    preset; any setting the study did not run (another loss, adapters, a layer subset,
+    """Without --lr, AGZO on SST-2 trains at the study's choice, and so do the arms the
+    study chose a rate for (the paper preset, the dominant layer, before and after it is
+    resolved); any setting the study did not run (another loss, adapters, named layers,
     another option) falls back to the method's default, and a given --lr always wins."""
     from agzo.methods import get_method
     from agzo.tasks import get_task
@@ -449,14 +450,19 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     assert TrainConfig(task="sst2").resolved()["lr"] == chosen
     assert TrainConfig(task="sst2", loss="candidates").learning_rate == chosen
     assert TrainConfig(task="sst2", lr=1e-6).learning_rate == 1e-6
-    paper = get_task("sst2").chosen_rate("agzo", "paper")
+    paper = get_task("sst2").chosen_rate("agzo --preset paper")
     assert paper is not None and TrainConfig(task="sst2", preset="paper").learning_rate == paper
     assert TrainConfig(task="rte", preset="paper").learning_rate == default
+    dominant = get_task("sst2").chosen_rate("agzo --layers dominant")
+    assert dominant is not None and dominant not in (chosen, default)
+    for layers in ("dominant", "dominant:2"):
+        assert TrainConfig(task="sst2", layers=layers).learning_rate == dominant
     for changed in (
         {"loss": "lm"},
         {"preset": "paper", "loss": "lm"},
         {"lora_rank": 8},
         {"layers": "3"},
+        {"layers": "dominant", "options": {"rank": 4}},
         {"options": {"rank": 4}},
     ):
         assert TrainConfig(task="sst2", **changed).learning_rate == default, changed

@@ -36,7 +36,7 @@ from agzo.models import BUILTIN_MODELS, DEFAULT_MODEL
 from agzo.placement import OFFLOAD_CHOICES, PlacementError, parse_device_map
 from agzo.tasks import available_tasks, get_task
 from agzo.tasks.custom import parse_columns, parse_label_spec, template_fields
-from agzo.train.layers import parse_layers
+from agzo.train.layers import DOMINANT, parse_layers
 from agzo.train.schedule import SCHEDULES
 
 __all__ = [
@@ -527,23 +527,38 @@ class TrainConfig:
 
     @property
     def task_rate(self) -> float | None:
-        """The rate the study chose for this method (and preset) on this task, where this
-        run has the study's settings: the task's own loss, every parameter trained (no
-        adapters, no layer subset) and the method's or preset's defaults (no other
-        option). Else None."""
+        """The rate the study chose on this task for this run's setting (`study_setting`),
+        else None."""
+        setting = self.study_setting
+        if setting is None:
+            return None
+        chosen_rate = getattr(get_task(self.task), "chosen_rate", None)
+        rate: float | None = None if chosen_rate is None else chosen_rate(setting)
+        return rate
+
+    @property
+    def study_setting(self) -> str | None:
+        """This run as the study names its arms: the method, then a preset, `--layers
+        dominant` or `--lora-rank R` ("agzo --preset paper"), when the rest is as the study
+        ran it: the task's own loss, the method's or preset's defaults, peft's default
+        LoRA scale and targets. None for a custom task or any other setting."""
         if self.task not in available_tasks():  # a custom task (or an unknown one)
             return None
-        in_study_settings = (
-            not self.options
-            and self.lora_rank is None
-            and self.layers is None
-            and self.loss in (None, self._paper_loss())
-        )
-        chosen_rate = getattr(get_task(self.task), "chosen_rate", None)
-        if not in_study_settings or chosen_rate is None:
+        if self.options or self.loss not in (None, self._paper_loss()):
             return None
-        rate: float | None = chosen_rate(self.optimizer, self.preset)
-        return rate
+        if self.lora_alpha is not None or self.lora_targets:
+            return None
+        flags = [self.optimizer]
+        if self.preset is not None:
+            flags.append(f"--preset {self.preset}")
+        if self.layers is not None:
+            chosen_by_rule, _ = parse_layers(self.layers)
+            if not chosen_by_rule:  # named layers: not an arm of the study
+                return None
+            flags.append(f"--layers {DOMINANT}")  # `dominant` or, resolved, `dominant:N`
+        if self.lora_rank is not None:
+            flags.append(f"--lora-rank {self.lora_rank}")
+        return " ".join(flags)
 
     @property
     def loss_kind(self) -> str:
