@@ -17,6 +17,19 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import NamedTuple
+
+
+class Measured(NamedTuple):
+    """One estimator on one batch, as the probe reports it."""
+
+    descent: float  # a
+    cost: float  # b
+    cosine: float  # with the backprop gradient
+    curvature: float  # ΔᵀHΔ / ‖Δ‖² along the probes
+
+
+Batches = list[tuple[str, dict[str, Measured]]]
 
 
 def one_step(descent: float, cost: float, lr: float) -> float:
@@ -29,7 +42,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-5, help="the rate of the modelled step")
     args = parser.parse_args()
 
-    per_batch: list[tuple[str, dict[str, tuple[float, float, float, float]]]] = []
+    per_batch: Batches = []
     for folder in args.probes:
         if not (folder / "alignment.json").is_file():
             raise SystemExit(f"{folder}: no alignment.json (is the probe finished?)")
@@ -39,11 +52,8 @@ def main() -> None:
         rows = {}
         for result in report["results"]:
             step = result["one_step"]
-            rows[result["name"]] = (
-                step["descent"],
-                step["cost"],
-                result["cosine"]["mean"],
-                step["rayleigh"]["mean"],
+            rows[result["name"]] = Measured(
+                step["descent"], step["cost"], result["cosine"]["mean"], step["rayleigh"]["mean"]
             )
         per_batch.append((folder.name, rows))
     # The estimators every probe measured, in the first probe's order.
@@ -59,17 +69,16 @@ def main() -> None:
     print(header)
     print("|" + "---|" * (1 + 3 * len(names) + len(names) - 1))
     for label, rows in [*per_batch, ("mean", _mean(per_batch, names))]:
-        drops = {n: one_step(rows[n][0], rows[n][1], args.lr) for n in names}
-        cells = [f"{rows[n][0]:.3g} | {rows[n][1]:.3g} | {drops[n]:.2g}" for n in names]
+        drops = {n: one_step(rows[n].descent, rows[n].cost, args.lr) for n in names}
+        cells = [f"{rows[n].descent:.3g} | {rows[n].cost:.3g} | {drops[n]:.2g}" for n in names]
         ratios = [f"{drops[n] / drops[reference]:.2f}" for n in names[1:]]
         print(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     print()
     for name in names:
-        cosines = [rows[name][2] for _, rows in per_batch]
-        descents = [rows[name][0] for _, rows in per_batch]
-        costs = [rows[name][1] for _, rows in per_batch]
-        curvatures = [rows[name][3] for _, rows in per_batch]
-        best_rate = statistics.fmean(descents) / statistics.fmean(costs)
+        cosines = [rows[name].cosine for _, rows in per_batch]
+        curvatures = [rows[name].curvature for _, rows in per_batch]
+        mean = _mean(per_batch, [name])[name]
+        best_rate = mean.descent / mean.cost
         print(
             f"{name}: best rate of the mean a/b {best_rate:.2g}; "
             f"cosine with the gradient {statistics.fmean(cosines):.3g} "
@@ -79,11 +88,12 @@ def main() -> None:
         )
 
 
-def _mean(
-    per_batch: list[tuple[str, dict[str, tuple[float, float, float, float]]]], names: list[str]
-) -> dict[str, tuple[float, float, float, float]]:
+def _mean(per_batch: Batches, names: list[str]) -> dict[str, Measured]:
+    """Each estimator's measures averaged over the batches."""
     return {
-        n: tuple(statistics.fmean(rows[n][i] for _, rows in per_batch) for i in range(4))  # type: ignore[misc]
+        n: Measured(
+            *(statistics.fmean(field) for field in zip(*(rows[n] for _, rows in per_batch)))
+        )
         for n in names
     }
 
