@@ -438,8 +438,9 @@ def test_benchmark_tasks_train_with_their_papers_loss_by_default() -> None:
 def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     """Without --lr, AGZO on SST-2 trains at the study's choice, and so do the arms the
     study chose a rate for (the paper preset, the dominant layer, before and after it is
-    resolved); any setting the study did not run (another loss, adapters, named layers,
-    another option) falls back to the method's default, and a given --lr always wins."""
+    resolved, rank-8 adapters); any setting the study did not run (another loss, adapters
+    of another rank or scale, named layers, another option) falls back to the method's
+    default, and a given --lr always wins."""
     from agzo.methods import get_method
     from agzo.tasks import get_task
     from agzo.train import TrainConfig
@@ -457,10 +458,14 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     assert dominant is not None and dominant not in (chosen, default)
     for layers in ("dominant", "dominant:2"):
         assert TrainConfig(task="sst2", layers=layers).learning_rate == dominant
+    lora = get_task("sst2").chosen_rate("agzo --lora-rank 8")
+    assert lora is not None and lora not in (chosen, default, dominant)
+    assert TrainConfig(task="sst2", lora_rank=8).learning_rate == lora
     for changed in (
         {"loss": "lm"},
         {"preset": "paper", "loss": "lm"},
-        {"lora_rank": 8},
+        {"lora_rank": 4},  # the study ran rank 8 only
+        {"lora_rank": 8, "lora_alpha": 32},
         {"layers": "3"},
         {"layers": "dominant", "options": {"rank": 4}},
         {"options": {"rank": 4}},

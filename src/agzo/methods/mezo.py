@@ -18,7 +18,8 @@ from agzo.methods.registry import BuildContext, Method, register
 
 @dataclass(frozen=True)
 class MeZOOptions(ZerothOrderOptions):
-    # Chosen on dev by the SST-2 search (benchmarks/method_sweep.py, docs/RESULTS.md).
+    # Chosen on dev by the 500-step SST-2 search with the language-model loss
+    # (docs/RESULTS.md); a task's study-chosen rate comes first (`agzo tasks`).
     lr: float = option(3e-6, "learning rate")
     two_sided: bool = option(True, "two-sided difference (MeZO's SPSA); false: one-sided")
 

@@ -206,6 +206,7 @@ BENCHMARK_TASKS: tuple[BenchmarkTask, ...] = (
             ("agzo --preset paper", 3e-5),
             ("zo-act", 1e-3),
             ("agzo --layers dominant", 3e-4),
+            ("agzo --lora-rank 8", 3e-3),
         ),
     ),
     BenchmarkTask(
