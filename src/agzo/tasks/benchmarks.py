@@ -199,7 +199,9 @@ BENCHMARK_TASKS: tuple[BenchmarkTask, ...] = (
         # 3e-5 0.824, 9e-5 0.762 at step 200, then diverging; AGZO's paper preset: 1e-5
         # 0.790, 3e-5 0.832, 1e-4 0.790 at step 400, then diverging; ZO-Act: 3e-4 0.834,
         # 1e-3 0.856, 3e-3 0.760 at step 200, then diverging; AGZO on the dominant layer:
-        # 1e-4 0.766, 3e-4 0.826, 1e-3 0.820 at step 200, then falling to 0.75).
+        # 1e-4 0.766, 3e-4 0.826, 1e-3 0.820 at step 200, then falling to 0.75; AGZO on
+        # rank-8 LoRA adapters: 3e-4 0.718, 1e-3 0.728, 3e-3 0.778, 9e-3 0.740 at step
+        # 100, then diverging).
         chosen_rates=(
             ("agzo", 3e-5),
             ("mezo", 3e-5),
