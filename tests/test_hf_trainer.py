@@ -197,6 +197,24 @@ def test_other_methods_by_name_or_class(
     assert all(math.isfinite(x) for x in _train_losses(trainer))
 
 
+def test_an_adaptive_rank_logs_the_ranks_its_last_step_kept(tmp_path: Path) -> None:
+    tok = tiny_tokenizer()
+    trainer = ZOTrainer(
+        model=tiny_causal_lm("llama"),
+        args=_args(tmp_path, max_steps=2),
+        train_dataset=_dataset(tok),
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        zo_kwargs={"eps": EPS, "rank": 4, "energy": 0.6},
+    )
+    trainer.train()
+    rows = [row for row in trainer.state.log_history if "loss" in row]
+    assert len(rows) == 2
+    for row in rows:
+        assert 1 <= row["rank_min"] <= row["rank_mean"] <= row["rank_max"] <= 4, row
+    last = list(trainer.zeroth_order_optimizer.ranks().values())
+    assert rows[-1]["rank_mean"] == pytest.approx(sum(last) / len(last))
+
+
 def test_factory_and_prebuilt_optimizer(tmp_path: Path) -> None:
     built: list[nn.Module] = []
 

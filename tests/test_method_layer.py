@@ -4,6 +4,7 @@ the registry, and states that refuse other hyperparameters."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -393,6 +394,40 @@ def test_adaptive_rank_never_reached_is_fixed_rank_agzo() -> None:
     assert set(adaptive.ranks().values()) == {3}
     for p, q in zip(model.parameters(), twin.parameters()):
         assert torch.equal(p, q)
+
+
+def test_adaptive_rank_statistics_summarise_the_ranks_each_weight_kept() -> None:
+    model, loss = _setup()
+    twin = copy.deepcopy(model)
+    twin_loss = loss_fn(twin, "llama", *batch("llama", pad=2))
+    adaptive = agzo.AGZO(model, rank=4, seed=5, lr=1e-3, energy=0.6)
+    fixed = agzo.AGZO(twin, rank=4, seed=5, lr=1e-3)
+    assert adaptive.step_statistics() == {}  # nothing kept before a step
+    adaptive.step(loss)
+    fixed.step(twin_loss)
+    kept = list(adaptive.ranks().values())
+    assert min(kept) >= 1 and max(kept) <= 4 and len(set(kept)) > 1  # the ranks differ
+    assert adaptive.step_statistics() == {
+        "rank_mean": pytest.approx(sum(kept) / len(kept)),
+        "rank_min": min(kept),
+        "rank_max": max(kept),
+    }
+    assert fixed.step_statistics() == {}  # a fixed rank has nothing to report
+
+
+def test_a_training_run_logs_the_ranks_an_adaptive_rank_kept(model_dir, tmp_path) -> None:
+    from agzo.train import train
+
+    def train_rows(**changes):
+        result = train(_layer_run(model_dir, tmp_path / str(len(changes)), steps=3, **changes))
+        lines = (result.output_dir / "metrics.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["split"] == "train"]
+
+    adaptive = train_rows(rank=4, energy=0.6)
+    assert [r["step"] for r in adaptive] == [1, 2, 3]
+    for row in adaptive:
+        assert 1 <= row["rank_min"] <= row["rank_mean"] <= row["rank_max"] <= 4, row
+    assert not any("rank_mean" in row for row in train_rows())  # fixed rank: nothing
 
 
 # --------------------------------------------------------------------------- protocol

@@ -352,6 +352,11 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         values = [directions[i].values for i in indices]
         torch._foreach_add_(params, values, alpha=-(offset * keep + step))
 
+    def step_statistics(self) -> dict[str, float]:
+        """Figures about the last step that a training loop logs beside its loss (none
+        here; a method with something to report overrides this)."""
+        return {}
+
     # -- checkpoints --------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """The hyperparameters a saved state depends on (checked by `load_state_dict`)."""

@@ -407,8 +407,11 @@ class ZOTrainer(Trainer):
 
     # -- logging -----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Trainer's log without `grad_norm` (there is no gradient), with skipped steps."""
+        """Trainer's log without `grad_norm` (there is no gradient), with skipped steps and
+        the optimizer's figures about its last step (an adaptive rank's ranks)."""
         logs = {key: value for key, value in logs.items() if key != "grad_norm"}
         if "loss" in logs and self.optimizer is not None:
-            logs["zo_skipped_steps"] = float(_zeroth_order_inside(self.optimizer).skipped_steps)
+            optimizer = _zeroth_order_inside(self.optimizer)
+            logs["zo_skipped_steps"] = float(optimizer.skipped_steps)
+            logs |= optimizer.step_statistics()
         super().log(logs, start_time)

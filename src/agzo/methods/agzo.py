@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
+import torch
 from torch import nn
 
 from agzo.core.optimizer import ParamsLike, ZerothOrderOptimizer
@@ -91,6 +92,16 @@ class AGZO(ZerothOrderOptimizer):
         sampler = cast(ActivationSampler, self.sampler)
         return {t.name: int(sampler.last_ranks[t.index]) for t in self.tensors
                 if t.index in sampler.last_ranks}  # fmt: skip
+
+    def step_statistics(self) -> dict[str, float]:
+        """With an adaptive rank: the mean, least and most directions a linear weight
+        kept in the last step (`ranks()` has each weight's)."""
+        kept = list(cast(ActivationSampler, self.sampler).last_ranks.values())
+        if not kept:
+            return {}
+        used = torch.stack([r.to(kept[0].device) for r in kept]).float()
+        mean, least, most = torch.stack([used.mean(), used.min(), used.max()]).tolist()
+        return {"rank_mean": mean, "rank_min": least, "rank_max": most}  # one host sync
 
 
 def _build(model: nn.Module, options: AGZOOptions, context: BuildContext) -> AGZO:

@@ -344,11 +344,13 @@ class _Session:
             elapsed = time.perf_counter() - started
             state.train_seconds += elapsed
             state.skipped_steps += loss is None
-            scheduled = {}
+            reported: dict[str, float] = {}
             if self.scheduler is not None:
-                scheduled["lr"] = self.scheduler.get_last_lr()[0]  # the rate this step used
+                reported["lr"] = float(self.scheduler.get_last_lr()[0])  # the rate this step used
                 self.scheduler.step()
-            self.log.log("train", step, loss=loss, step_time=elapsed, **scheduled)
+            if loss is not None and isinstance(self.optimizer, ZerothOrderOptimizer):
+                reported |= self.optimizer.step_statistics()  # e.g. an adaptive rank's
+            self.log.log("train", step, loss=loss, step_time=elapsed, **reported)
         if loss is not None:
             self.recent.append(loss)
         if processes.distributed and (
