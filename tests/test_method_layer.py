@@ -473,9 +473,9 @@ def test_benchmark_tasks_train_with_their_papers_loss_by_default() -> None:
 def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     """Without --lr, AGZO on SST-2 trains at the study's choice, and so do the arms the
     study chose a rate for (the paper preset, the dominant layer, before and after it is
-    resolved, rank-8 adapters); any setting the study did not run (another loss, adapters
-    of another rank or scale, named layers, another option) falls back to the method's
-    default, and a given --lr always wins."""
+    resolved, rank-8 adapters, an adaptive rank); any setting the study did not run
+    (another loss, adapters of another rank or scale, named layers, another option) falls
+    back to the method's default, and a given --lr always wins."""
     from agzo.methods import get_method
     from agzo.tasks import get_task
     from agzo.train import TrainConfig
@@ -496,6 +496,12 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     lora = get_task("sst2").chosen_rate("agzo --lora-rank 8")
     assert lora is not None and lora not in (chosen, default, dominant)
     assert TrainConfig(task="sst2", lora_rank=8).learning_rate == lora
+    adaptive = get_task("sst2").chosen_rate("agzo --rank 4 --energy 0.9")
+    assert adaptive is not None
+    for given in ({"rank": 4, "energy": 0.9}, {"energy": 0.9, "rank": 4}):  # any order
+        config = TrainConfig(task="sst2", options=given)
+        assert config.study_setting == "agzo --rank 4 --energy 0.9"
+        assert config.learning_rate == adaptive
     for changed in (
         {"loss": "lm"},
         {"preset": "paper", "loss": "lm"},
@@ -504,6 +510,8 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
         {"layers": "3"},
         {"layers": "dominant", "options": {"rank": 4}},
         {"options": {"rank": 4}},
+        {"options": {"rank": 4, "energy": 0.8}},
+        {"options": {"two_sided": True}},
     ):
         assert TrainConfig(task="sst2", **changed).learning_rate == default, changed
     assert TrainConfig(task="rte").learning_rate == default  # no study choice there yet

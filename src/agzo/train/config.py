@@ -539,12 +539,13 @@ class TrainConfig:
     @property
     def study_setting(self) -> str | None:
         """This run as the study names its arms: the method, then a preset, `--layers
-        dominant` or `--lora-rank R` ("agzo --preset paper"), when the rest is as the study
-        ran it: the task's own loss, the method's or preset's defaults, peft's default
-        LoRA scale and targets. None for a custom task or any other setting."""
+        dominant`, `--lora-rank R` and the method's options given, in the method's order
+        ("agzo --preset paper", "agzo --rank 4 --energy 0.9"), when the rest is as the
+        study ran it: the task's own loss, peft's default LoRA scale and targets. None for
+        a custom task, named layers or another loss."""
         if self.task not in available_tasks():  # a custom task (or an unknown one)
             return None
-        if self.options or self.loss not in (None, self._paper_loss()):
+        if self.loss not in (None, self._paper_loss()):
             return None
         if self.lora_alpha is not None or self.lora_targets:
             return None
@@ -558,6 +559,9 @@ class TrainConfig:
             flags.append(f"--layers {DOMINANT}")  # `dominant` or, resolved, `dominant:N`
         if self.lora_rank is not None:
             flags.append(f"--lora-rank {self.lora_rank}")
+        for name in self.method.option_names():
+            if name in self.options:
+                flags.append(_option_flag(name, self.options[name]))
         return " ".join(flags)
 
     @property
@@ -751,6 +755,13 @@ def _absolute(path: str) -> str:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _option_flag(name: str, value: Any) -> str:
+    """An option as its command-line flag: `--rank 4`, `--no-two-sided`."""
+    if isinstance(value, bool):
+        return _flag(name) if value else _flag(f"no_{name}")
+    return f"{_flag(name)} {value:g}" if isinstance(value, float) else f"{_flag(name)} {value}"
 
 
 @functools.cache
