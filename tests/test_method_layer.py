@@ -502,6 +502,10 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
         config = TrainConfig(task="sst2", options=given)
         assert config.study_setting == "agzo --rank 4 --energy 0.9"
         assert config.learning_rate == adaptive
+    # Options set to what the arm uses anyway leave it the arm.
+    assert TrainConfig(task="sst2", options={"rank": 1}).learning_rate == chosen
+    one_sided = TrainConfig(task="sst2", preset="paper", options={"two_sided": False})
+    assert one_sided.learning_rate == paper
     for changed in (
         {"loss": "lm"},
         {"preset": "paper", "loss": "lm"},

@@ -521,9 +521,12 @@ class TrainConfig:
     def method_options(self) -> Any:
         """The method's options dataclass: the given settings, then the preset's, then (for
         the rate) the task's study-chosen one, then the method's defaults."""
-        preset = self.method.presets[self.preset] if self.preset else {}
+        preset = self._preset_options()
         lr = self.lr if self.lr is not None else self.task_rate
         return self.method.make_options(**{**preset, "lr": lr, **self.options})
+
+    def _preset_options(self) -> dict[str, Any]:
+        return dict(self.method.presets[self.preset]) if self.preset else {}
 
     @property
     def task_rate(self) -> float | None:
@@ -559,8 +562,10 @@ class TrainConfig:
             flags.append(f"--layers {DOMINANT}")  # `dominant` or, resolved, `dominant:N`
         if self.lora_rank is not None:
             flags.append(f"--lora-rank {self.lora_rank}")
+        # An option set to what the arm uses anyway (`--rank 1`) leaves the arm unchanged.
+        unchanged = {**dataclasses.asdict(self.method.defaults()), **self._preset_options()}
         for name in self.method.option_names():
-            if name in self.options:
+            if name in self.options and self.options[name] != unchanged[name]:
                 flags.append(_option_flag(name, self.options[name]))
         return " ".join(flags)
 
