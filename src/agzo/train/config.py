@@ -542,10 +542,11 @@ class TrainConfig:
     @property
     def study_setting(self) -> str | None:
         """This run as the study names its arms: the method, then a preset, `--layers
-        dominant`, `--lora-rank R` and the method's options given, in the method's order
-        ("agzo --preset paper", "agzo --rank 4 --energy 0.9"), when the rest is as the
-        study ran it: the task's own loss, peft's default LoRA scale and targets. None for
-        a custom task, named layers or another loss."""
+        dominant`, `--lora-rank R` and the method options given that differ from the
+        arm's own values, in the method's order ("agzo --preset paper", "agzo --rank 4
+        --energy 0.9"), when the rest is as the study ran it: the task's own loss, peft's
+        default LoRA scale and targets. None for a custom task, named layers or another
+        loss."""
         if self.task not in available_tasks():  # a custom task (or an unknown one)
             return None
         if self.loss not in (None, self._paper_loss()):
