@@ -181,6 +181,37 @@ def test_zo_act_steps_its_own_copy_of_the_model_beside_the_others() -> None:
         measure_speed(model, last_token_loss(model, *batch), ("zo-act",), rounds=1)
 
 
+def test_speed_steps_probe_variants_on_the_selected_tensors_only(monkeypatch) -> None:
+    """A probe variant is its method with the variant's options (agzo-svd: AGZO on the
+    exact SVD basis), and include/exclude choose what every timed method trains."""
+    from agzo.methods import BuildContext
+    from agzo.probes.speed import probe_optimizer
+
+    model = build_shape("tiny")
+    layer_one = BuildContext(include=[r"re:layers\.1\."])
+    svd = probe_optimizer("agzo-svd", model, context=layer_one)
+    assert type(svd).__name__ == "AGZO" and svd.sampler.basis == "svd"
+    names = [t.name for t in svd.tensors]
+    assert names and all(".layers.1." in n for n in names)
+    mezo = probe_optimizer("mezo", model, context=layer_one)
+    assert [t.name for t in mezo.tensors] == names
+    # The variant's options come first; an option given by name overrides them.
+    assert probe_optimizer("agzo-adaptive", model, rank=2).sampler.rank == 2
+
+    # measure_speed hands the selection to every method it builds.
+    built = []
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        built.append(probe_optimizer(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr("agzo.probes.speed.probe_optimizer", recording)
+    closure = last_token_loss(model, *random_batch(model, 4, 16))
+    report = measure_speed(model, closure, ("agzo-svd", "mezo"), rounds=1, context=layer_one)
+    assert set(report.breakdown_s) == {"agzo-svd", "mezo"}
+    assert [[t.name for t in opt.tensors] for opt in built] == [names, names]
+
+
 def test_memory_probe_runs_each_config_in_its_own_process() -> None:
     rows = measure_memory("tiny", [2], [16], ("inference", "agzo", "fo-adamw"))
     assert [r.config for r in rows] == ["inference", "agzo", "fo-adamw"]
@@ -227,6 +258,17 @@ def test_probe_commands_from_the_cli(tmp_path, capsys) -> None:
 
     assert main(["probe", "speed", "--shape", "nope", "--output", str(out)]) == 2
     assert "unknown shape" in capsys.readouterr().err
+
+    # Over LoRA adapters: the JSON records the setting, and variants are methods here.
+    assert main(["probe", "speed", "--shape", "tiny", "--batch", "2", "--seq", "8", "--rounds",
+                 "1", "--methods", "agzo,agzo-adaptive", "--lora-rank", "2",
+                 "--output", str(out)]) == 0  # fmt: skip
+    report = json.loads((out / "speed.json").read_text())
+    assert report["lora_rank"] == 2 and set(report["step_s"]) == {"agzo", "agzo-adaptive"}
+    capsys.readouterr()
+    assert main(["probe", "speed", "--shape", "tiny", "--methods", "zo-act", "--include",
+                 "q_proj", "--output", str(out)]) == 2  # fmt: skip
+    assert "without --lora-rank, --include and --exclude" in capsys.readouterr().err
     assert main(["probe", "memory", "--configs", "inference,sgd", "--output", str(out)]) == 2
     assert "unknown config" in capsys.readouterr().err
     # A quantized base is frozen: a method that trains it would measure something else.

@@ -120,7 +120,17 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     speed.add_argument("--shape", default="smollm2-135m")
     speed.add_argument("--batch", type=int, default=16)
     speed.add_argument("--seq", type=int, default=32)
-    speed.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    speed.add_argument(
+        "--methods", default=None,
+        help="comma-separated methods or probe variants of `probe alignment` (agzo-svd, "
+        "agzo-adaptive, ...; default: every method)",
+    )  # fmt: skip
+    speed.add_argument("--include", action="append", default=None, help="parameter pattern")
+    speed.add_argument("--exclude", action="append", default=None, help="parameter pattern")
+    speed.add_argument(
+        "--lora-rank", type=int, default=None, help="step peft LoRA adapters of this rank"
+    )
+    speed.add_argument("--lora-targets", default=None, help="comma-separated module names")
     speed.add_argument("--rounds", type=int, default=5)
     speed.add_argument("--dtype", default="float32")
     speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -441,17 +451,28 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
 
 
 def _speed(args: argparse.Namespace, out: Path) -> int:
-    from agzo.methods import method_names
+    from agzo.methods import BuildContext, method_names
+    from agzo.probes.estimators import variant_settings
     from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
     from agzo.probes.speed import format_speed, measure_speed
 
     _check_choices("shape", [args.shape], list(SHAPES))
     every = list(method_names())
     methods = _csv(args.methods) if args.methods else every
-    _check_choices("method", methods, every)
+    _check_choices("method", methods, [*every, *variant_settings()])
+    if ZO_ACT in methods and (args.lora_rank is not None or args.include or args.exclude):
+        raise ProbeError("zo-act adds its own adapters to every linear layer: time it "
+                         "without --lora-rank, --include and --exclude")  # fmt: skip
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
+    if args.lora_rank is not None:
+        # Only the adapters are trainable; the two plain forwards run through them too.
+        from agzo.adapters.lora import wrap_with_lora
+
+        targets = _csv(args.lora_targets) if args.lora_targets else None
+        model = cast(Any, wrap_with_lora(model, args.lora_rank, targets=targets))
     batch = random_batch(model, args.batch, args.seq, args.device)
+    context = BuildContext(include=args.include, exclude=args.exclude)
 
     def loss_for(some_model: torch.nn.Module) -> Any:
         return last_token_loss(some_model, *batch)
@@ -461,10 +482,19 @@ def _speed(args: argparse.Namespace, out: Path) -> int:
         print(f"  round {index}{' (warm-up)' if index == 0 else ''}: {shown}", file=sys.stderr)
 
     report = measure_speed(
-        model, loss_for(model), tuple(methods), args.rounds, on_round=on_round, loss_for=loss_for
+        model,
+        loss_for(model),
+        tuple(methods),
+        args.rounds,
+        on_round=on_round,
+        loss_for=loss_for,
+        context=context,
     )
     payload = {
         "shape": args.shape,
+        "include": args.include,
+        "exclude": args.exclude,
+        "lora_rank": args.lora_rank,
         "batch": args.batch,
         "seq": args.seq,
         "dtype": args.dtype,
@@ -473,7 +503,11 @@ def _speed(args: argparse.Namespace, out: Path) -> int:
         **report.to_dict(),
     }
     (out / "speed.json").write_text(json.dumps(payload, indent=2))
-    print(f"{args.shape} {args.dtype}, batch {args.batch} x {args.seq} tokens, {args.device}")
+    trained = [f"LoRA rank {args.lora_rank}"] if args.lora_rank is not None else []
+    trained += [f"include {p}" for p in args.include or []]
+    trained += [f"exclude {p}" for p in args.exclude or []]
+    print(f"{args.shape} {args.dtype}, batch {args.batch} x {args.seq} tokens, {args.device}"
+          + "".join(f"; {t}" for t in trained))  # fmt: skip
     print(format_speed(report))
     print(f"wrote {out / 'speed.json'}")
     return 0

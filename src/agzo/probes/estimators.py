@@ -4,14 +4,38 @@ rank and power-step grid, and its embedding options."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from torch import nn
 
 import agzo
-from agzo.directions.activation import EmbeddingMode
-from agzo.methods import BuildContext, Method, methods
+from agzo.methods import BuildContext, get_method, methods
 from agzo.probes.alignment import OptimizerFactory
+
+# AGZO's settings the probes compare with its defaults (r = 1, K = 3, activation-probed
+# embeddings): the paper's Gaussian embedding probe, higher ranks, an adaptive rank up to
+# 4 (per layer, the fewest directions holding 90% of the energy), the power-step grid,
+# and the exact top-1 SVD basis that K power steps approximate.
+AGZO_VARIANTS: dict[str, dict[str, Any]] = {
+    "agzo-embed-gaussian": {"embedding_mode": "gaussian"},
+    "agzo-r4": {"rank": 4},
+    "agzo-r16": {"rank": 16},
+    "agzo-adaptive": {"rank": 4, "energy": 0.9},
+    "agzo-k1": {"power_steps": 1},
+    "agzo-k5": {"power_steps": 5},
+    "agzo-k20": {"power_steps": 20},
+    "agzo-svd": {"basis": "svd"},
+}
+
+
+def variant_settings() -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (registered method, options given beside its defaults): every zeroth-order
+    method that trains the model's own weights (a probe's cosine is taken against their
+    gradient), then AGZO's variants."""
+    named: dict[str, tuple[str, dict[str, Any]]] = {
+        m.name: (m.name, {}) for m in methods() if m.zeroth_order and m.prepare is None
+    }
+    return named | {name: ("agzo", options) for name, options in AGZO_VARIANTS.items()}
 
 
 def estimator_variants(
@@ -19,47 +43,14 @@ def estimator_variants(
 ) -> dict[str, OptimizerFactory]:
     """name -> factory(model, seed); every variant trains the same selected tensors."""
 
-    def agzo_variant(
-        rank: int,
-        steps: int,
-        embedding: EmbeddingMode = "activation",
-        energy: float = 1.0,
-        basis: str = "power",
-    ) -> OptimizerFactory:
-        def make(model: nn.Module, seed: int) -> agzo.ZerothOrderOptimizer:
-            return agzo.AGZO(
-                model,
-                rank=rank,
-                power_steps=steps,
-                embedding_mode=embedding,
-                energy=energy,
-                basis=basis,
-                seed=seed,
-                include=include,
-                exclude=exclude,
-            )
+    def factory(method: str, options: dict[str, Any]) -> OptimizerFactory:
+        spec = get_method(method)
 
-        return make
-
-    def registered(method: Method) -> OptimizerFactory:
         def make(model: nn.Module, seed: int) -> agzo.ZerothOrderOptimizer:
             context = BuildContext(seed=seed, include=include, exclude=exclude)
-            return cast(agzo.ZerothOrderOptimizer, method.build(model, method.defaults(), context))
+            built = spec.build(model, spec.make_options(**options), context)
+            return cast(agzo.ZerothOrderOptimizer, built)
 
         return make
 
-    # Every zeroth-order method that trains the model's own weights (the cosine is taken
-    # against their gradient), with its defaults; then AGZO's paper grid.
-    variants: dict[str, OptimizerFactory] = {
-        m.name: registered(m) for m in methods() if m.zeroth_order and m.prepare is None
-    }
-    variants["agzo-embed-gaussian"] = agzo_variant(1, 3, "gaussian")
-    for rank in (4, 16):
-        variants[f"agzo-r{rank}"] = agzo_variant(rank, 3)
-    # An adaptive rank up to 4: per layer, the fewest directions holding 90% of the energy.
-    variants["agzo-adaptive"] = agzo_variant(4, 3, energy=0.9)
-    for steps in (1, 5, 20):
-        variants[f"agzo-k{steps}"] = agzo_variant(1, steps)
-    # The exact top-1 SVD basis: what K power steps approximate.
-    variants["agzo-svd"] = agzo_variant(1, 3, basis="svd")
-    return variants
+    return {name: factory(*setting) for name, setting in variant_settings().items()}

@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -101,7 +102,9 @@ def run_worker(
             for _ in range(2):
                 closure()
     else:
-        options = {"update": update} if update and get_method(config).zeroth_order else {}
+        options: dict[str, Any] = (
+            {"update": update} if update and get_method(config).zeroth_order else {}
+        )
         optimizer = probe_optimizer(config, model, closure, **options)
         step = step_function(optimizer, closure)
         for _ in range(2):

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from agzo.core.optimizer import ZerothOrderOptimizer
-from agzo.methods import get_method
+from agzo.methods import BuildContext, get_method
 from agzo.methods import methods as all_methods
+from agzo.probes.estimators import variant_settings
 
 REGIONS = (
     "agzo.forward",
@@ -53,18 +54,23 @@ def probe_optimizer(
     method: str,
     model: nn.Module,
     closure: Callable[[], torch.Tensor] | None = None,
+    *,
+    context: BuildContext | None = None,
     **options: Any,
 ) -> torch.optim.Optimizer:
-    """A registered method's optimizer with its defaults, except a tiny lr (the probes
-    measure cost, not progress) and the given `options`. A method that adds layers to the
-    model (ZO-Act) prepares it first, calibrating on one pass of `closure`."""
+    """A registered method's (or a probe variant's, `variant_settings`) optimizer with its
+    defaults, except a tiny lr (the probes measure cost, not progress) and the given
+    `options`; `context` selects the trained tensors (include, exclude). A method that
+    adds layers to the model (ZO-Act) prepares it first, calibrating on one pass of
+    `closure`."""
+    method, variant_options = variant_settings().get(method, (method, {}))
     spec = get_method(method)
-    chosen = spec.make_options(**{"lr": 1e-12, **options})
+    chosen = spec.make_options(**{"lr": 1e-12, **variant_options, **options})
     if spec.prepare is not None:
         if closure is None:
             raise ValueError(f"{method} prepares the model on a batch: pass the closure")
         spec.prepare(model, chosen, SimpleNamespace(attention_mask=None), lambda _: closure())
-    return spec.build(model, chosen)
+    return spec.build(model, chosen, context)
 
 
 def step_function(optimizer: torch.optim.Optimizer, closure: Callable[[], torch.Tensor]) -> Step:
@@ -90,13 +96,16 @@ def make_step(
     model: nn.Module,
     closure: Callable[[], torch.Tensor],
     loss_for: LossFor | None = None,
+    context: BuildContext | None = None,
     **options: Any,
 ) -> Step:
-    """One step of `method` on the closure's batch, on the model shared with the other
-    methods measured beside it. A method that adds layers to the model (ZO-Act) steps a
-    copy instead, whose loss on the same batch `loss_for(copy)` gives."""
-    if get_method(method).prepare is None:
-        return step_function(probe_optimizer(method, model, closure, **options), closure)
+    """One step of `method` (a registered name or a probe variant) on the closure's batch,
+    on the model shared with the other methods measured beside it. A method that adds
+    layers to the model (ZO-Act) steps a copy instead, whose loss on the same batch
+    `loss_for(copy)` gives."""
+    if not _adds_layers(method):
+        step = probe_optimizer(method, model, closure, context=context, **options)
+        return step_function(step, closure)
     if loss_for is None:
         raise ValueError(
             f"{method} adds layers to the model, which the other methods measured beside it "
@@ -104,7 +113,17 @@ def make_step(
         )
     own = copy.deepcopy(model)
     own_closure = loss_for(own)
-    return step_function(probe_optimizer(method, own, own_closure, **options), own_closure)
+    own_step = probe_optimizer(method, own, own_closure, context=context, **options)
+    return step_function(own_step, own_closure)
+
+
+def _method_of(name: str) -> str:
+    """The registered method behind a name (a probe variant's, or the name itself)."""
+    return variant_settings().get(name, (name, {}))[0]
+
+
+def _adds_layers(name: str) -> bool:
+    return get_method(_method_of(name)).prepare is not None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -152,10 +171,12 @@ def measure_speed(
     breakdown: bool = True,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     loss_for: LossFor | None = None,
+    context: BuildContext | None = None,
 ) -> SpeedReport:
-    """Median step time of each method (default: every zeroth-order one that shares the
-    model) and of two plain forwards, interleaved per round. `loss_for(model)`: the
-    batch's loss closure of a given model, for methods that step a copy (`make_step`)."""
+    """Median step time of each method or probe variant (default: every zeroth-order
+    method that shares the model) and of two plain forwards, interleaved per round.
+    `loss_for(model)`: the batch's loss closure of a given model, for methods that step a
+    copy (`make_step`); `context`: the tensors every method trains (include, exclude)."""
     if methods is None:
         methods = side_by_side_methods(zeroth_order_only=True)
     device = next(model.parameters()).device
@@ -166,7 +187,7 @@ def measure_speed(
             closure()
 
     runs: dict[str, Step] = {"two_forwards": two_forwards}
-    runs |= {m: make_step(m, model, closure, loss_for) for m in methods}
+    runs |= {m: make_step(m, model, closure, loss_for, context) for m in methods}
     samples: dict[str, list[float]] = {name: [] for name in runs}
     for round_index in range(rounds + 1):
         timings = {}
@@ -184,24 +205,26 @@ def measure_speed(
     report = SpeedReport(medians.pop("two_forwards"), medians, rounds=rounds)
     if breakdown:
         report.breakdown_s = {
-            m: _profile_regions(runs[m]) for m in methods if get_method(m).zeroth_order
+            m: _profile_regions(runs[m]) for m in methods if get_method(_method_of(m)).zeroth_order
         }
     return report
 
 
 def format_speed(report: SpeedReport) -> str:
+    width = max([10, *(len(m) + 2 for m in report.step_s)])
     lines = [
         f"two plain forward passes: {report.two_forwards_s:.3f} s (median of {report.rounds})",
-        f"{'method':<10}{'step s':>9}{'/ 2 fwd':>9}",
+        f"{'method':<{width}}{'step s':>9}{'/ 2 fwd':>9}",
     ]
     for method, seconds in report.step_s.items():
-        lines.append(f"{method:<10}{seconds:>9.3f}{seconds / report.two_forwards_s:>9.2f}")
+        ratio = seconds / report.two_forwards_s
+        lines.append(f"{method:<{width}}{seconds:>9.3f}{ratio:>9.2f}")
     if report.breakdown_s:
         lines.append("")
         lines.append("where a step goes (profiled round, seconds; rng is inside perturb/update,")
         lines.append("capture inside forward):")
-        header = f"{'method':<10}" + "".join(f"{r.split('.')[1]:>9}" for r in REGIONS)
+        header = f"{'method':<{width}}" + "".join(f"{r.split('.')[1]:>9}" for r in REGIONS)
         lines.append(header)
         for method, regions in report.breakdown_s.items():
-            lines.append(f"{method:<10}" + "".join(f"{regions[r]:>9.3f}" for r in REGIONS))
+            lines.append(f"{method:<{width}}" + "".join(f"{regions[r]:>9.3f}" for r in REGIONS))
     return "\n".join(lines)
