@@ -28,9 +28,10 @@ interruption: a finished run (summary.json written) is never run again, an unfin
 resumes from its last checkpoint (`agzo train --resume`), so the same command continues a
 study where it stopped. Ctrl-C or `kill` (SIGTERM) stops the runner and its runs, each of
 which saves a checkpoint of its last completed step first. `--continue OUT` repeats the
-command that last ran in OUT (kept in OUT/command.json). Checkpoints of finished runs are
-deleted (--keep-checkpoints keeps them). --report-only writes the tables from the finished
-runs alone. Arguments after `--` go to every run.
+command that last ran in OUT (kept in OUT/command.json); `--jobs` and `--threads` given
+after it replace the recorded ones (how runs share the machine, never what a run does).
+Checkpoints of finished runs are deleted (--keep-checkpoints keeps them). --report-only
+writes the tables from the finished runs alone. Arguments after `--` go to every run.
 
 Writes, after every finished run: OUT/sweep.md (search and seed tables), OUT/sweep.json (what
 benchmarks/study_table.py reads to put several tasks in one table) and OUT/sweep.png
@@ -729,12 +730,45 @@ def recorded_command(out: Path) -> list[str]:
     return argv
 
 
+SCHEDULING = ("--jobs", "--threads")  # how runs share the machine, never what a run does
+
+
+def continued_command(argv: list[str]) -> list[str]:
+    """The command `--continue OUT [--jobs N] [--threads N]` repeats: OUT's recorded one,
+    with the runs' scheduling replaced where given (it changes no run's result)."""
+    usage = "usage: method_sweep.py --continue STUDY_FOLDER [--jobs N] [--threads N]"
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("out", type=Path, nargs="?")
+    for flag in SCHEDULING:
+        parser.add_argument(flag, type=int, default=None)
+    try:
+        given, extra = parser.parse_known_args(argv)
+    except argparse.ArgumentError as error:
+        raise SystemExit(f"{usage} ({error})") from None
+    if given.out is None or extra:
+        raise SystemExit(usage + (f" (not taken: {' '.join(extra)})" if extra else ""))
+    recorded = recorded_command(given.out)
+    cut = recorded.index("--") if "--" in recorded else len(recorded)
+    own, passed_on = recorded[:cut], recorded[cut:]
+    for flag in SCHEDULING:
+        value = getattr(given, flag.lstrip("-"))
+        if value is None:
+            continue
+        kept: list[str] = []
+        words = iter(own)
+        for word in words:
+            if word == flag:
+                next(words, None)  # and its value
+            elif not word.startswith(flag + "="):
+                kept.append(word)
+        own = [*kept, flag, str(value)]
+    return own + passed_on
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--continue"]:
-        if len(argv) != 2:
-            raise SystemExit("usage: method_sweep.py --continue STUDY_FOLDER")
-        argv = recorded_command(Path(argv[1]))
+        argv = continued_command(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--data-dir", default=None)

@@ -146,6 +146,19 @@ def test_continue_needs_a_recorded_command(tmp_path: Path) -> None:
         method_sweep.main(["--continue"])
 
 
+def test_continue_may_change_how_runs_share_the_machine_only(tmp_path: Path) -> None:
+    recorded = ["--task", "sst2", "--grid", "agzo=1e-5", "--jobs", "2", "--threads=1",
+                "--out", str(tmp_path), "--", "--device", "cpu", "--jobs", "9"]  # fmt: skip
+    (tmp_path / method_sweep.COMMAND_FILE).write_text(json.dumps({"argv": recorded}))
+    assert method_sweep.continued_command([str(tmp_path)]) == recorded
+    again = method_sweep.continued_command([str(tmp_path), "--jobs", "1", "--threads", "1"])
+    assert again == ["--task", "sst2", "--grid", "agzo=1e-5", "--out", str(tmp_path),
+                     "--jobs", "1", "--threads", "1",
+                     "--", "--device", "cpu", "--jobs", "9"]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"usage: .*--jobs N"):
+        method_sweep.continued_command([str(tmp_path), "--steps", "10"])
+
+
 def test_bad_arms_and_grids_exit_with_one_line() -> None:
     with pytest.raises(SystemExit, match="unknown"):
         method_sweep.parse_grid(["nosuch=1e-5"], {})
