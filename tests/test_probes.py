@@ -269,6 +269,13 @@ def test_probe_commands_from_the_cli(tmp_path, capsys) -> None:
     assert main(["probe", "speed", "--shape", "tiny", "--methods", "zo-act", "--include",
                  "q_proj", "--output", str(out)]) == 2  # fmt: skip
     assert "without --lora-rank, --include and --exclude" in capsys.readouterr().err
+    # A selection of nothing is one line naming what was asked for, not a traceback.
+    assert main(["probe", "speed", "--shape", "tiny", "--methods", "agzo", "--include",
+                 "no_such_layer", "--output", str(out)]) == 2  # fmt: skip
+    assert "no trainable parameter matches: include=['no_such_layer']" in capsys.readouterr().err
+    assert main(["probe", "speed", "--shape", "tiny", "--methods", "agzo", "--lora-rank", "2",
+                 "--lora-targets", "no_such_layer", "--output", str(out)]) == 2  # fmt: skip
+    assert "match no module of this model" in capsys.readouterr().err
     assert main(["probe", "memory", "--configs", "inference,sgd", "--output", str(out)]) == 2
     assert "unknown config" in capsys.readouterr().err
     # A quantized base is frozen: a method that trains it would measure something else.

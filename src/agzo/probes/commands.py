@@ -229,12 +229,8 @@ def _alignment(
     from agzo.train.objective import CandidateScorer
 
     model, tokenizer = _model_or_checkpoint(args.model)
-    if args.lora_rank is not None:
-        # Only the adapters are trainable: every estimator is measured over them alone.
-        from agzo.adapters.lora import wrap_with_lora
-
-        targets = _csv(args.lora_targets) if args.lora_targets else None
-        model = cast(Any, wrap_with_lora(model, args.lora_rank, targets=targets))
+    # With LoRA only the adapters are trainable: every estimator is measured over them alone.
+    model = _trained_selection(model, args)
     splits = load_splits(
         args.task, args.data_dir, seed=args.seed, n_train=args.batch_size, n_dev=1, n_test=1
     )
@@ -388,6 +384,23 @@ def _frozen_base_configs(chosen: list[str], bits: int, explicit: bool) -> list[s
     return [c for c in chosen if c not in trains_base]
 
 
+def _trained_selection(model: Any, args: argparse.Namespace) -> Any:
+    """The model whose trainable tensors --lora-rank, --include and --exclude choose (LoRA
+    adapters wrapped on); a choice that selects nothing is a ProbeError."""
+    from agzo.params import select_named_parameters
+
+    try:
+        if args.lora_rank is not None:
+            from agzo.adapters.lora import wrap_with_lora
+
+            targets = _csv(args.lora_targets) if args.lora_targets else None
+            model = wrap_with_lora(model, args.lora_rank, targets=targets)
+        select_named_parameters(model, args.include, args.exclude)
+    except ValueError as error:
+        raise ProbeError(str(error)) from None
+    return model
+
+
 def _check_choices(kind: str, given: list[str], valid: Sequence[str]) -> None:
     unknown = [g for g in given if g not in valid]
     if unknown:
@@ -465,12 +478,8 @@ def _speed(args: argparse.Namespace, out: Path) -> int:
                          "without --lora-rank, --include and --exclude")  # fmt: skip
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
-    if args.lora_rank is not None:
-        # Only the adapters are trainable; the two plain forwards run through them too.
-        from agzo.adapters.lora import wrap_with_lora
-
-        targets = _csv(args.lora_targets) if args.lora_targets else None
-        model = cast(Any, wrap_with_lora(model, args.lora_rank, targets=targets))
+    # With LoRA the two plain forwards run through the adapters too.
+    model = _trained_selection(model, args)
     batch = random_batch(model, args.batch, args.seq, args.device)
     context = BuildContext(include=args.include, exclude=args.exclude)
 
