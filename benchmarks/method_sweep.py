@@ -733,9 +733,8 @@ def recorded_command(out: Path) -> list[str]:
 SCHEDULING = ("--jobs", "--threads")  # how runs share the machine, never what a run does
 
 
-def continued_command(argv: list[str]) -> list[str]:
-    """The command `--continue OUT [--jobs N] [--threads N]` repeats: OUT's recorded one,
-    with the runs' scheduling replaced where given (it changes no run's result)."""
+def parse_continue(argv: list[str]) -> tuple[Path, dict[str, int]]:
+    """`--continue`'s arguments: the study folder, and the scheduling flags given."""
     usage = "usage: method_sweep.py --continue STUDY_FOLDER [--jobs N] [--threads N]"
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     parser.add_argument("out", type=Path, nargs="?")
@@ -747,13 +746,18 @@ def continued_command(argv: list[str]) -> list[str]:
         raise SystemExit(f"{usage} ({error})") from None
     if given.out is None or extra:
         raise SystemExit(usage + (f" (not taken: {' '.join(extra)})" if extra else ""))
-    recorded = recorded_command(given.out)
+    values = {flag: getattr(given, flag.lstrip("-")) for flag in SCHEDULING}
+    return given.out, {flag: value for flag, value in values.items() if value is not None}
+
+
+def continued_command(argv: list[str]) -> list[str]:
+    """The command `--continue OUT [--jobs N] [--threads N]` repeats: OUT's recorded one,
+    with the runs' scheduling replaced where given (it changes no run's result)."""
+    out, scheduling = parse_continue(argv)
+    recorded = recorded_command(out)
     cut = recorded.index("--") if "--" in recorded else len(recorded)
     own, passed_on = recorded[:cut], recorded[cut:]
-    for flag in SCHEDULING:
-        value = getattr(given, flag.lstrip("-"))
-        if value is None:
-            continue
+    for flag, value in scheduling.items():
         kept: list[str] = []
         words = iter(own)
         for word in words:
