@@ -498,6 +498,10 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     assert TrainConfig(task="sst2", lora_rank=8).learning_rate == lora
     adaptive = get_task("sst2").chosen_rate("agzo --rank 4 --energy 0.9")
     assert adaptive is not None
+    lozo = get_task("sst2").chosen_rate("lozo")
+    assert lozo is not None and lozo != get_method("lozo").defaults().lr
+    assert TrainConfig(task="sst2", optimizer="lozo").learning_rate == lozo
+    assert TrainConfig(task="sst2", optimizer="lozo", loss="lm").learning_rate != lozo
     for given in ({"rank": 4, "energy": 0.9}, {"energy": 0.9, "rank": 4}):  # any order
         config = TrainConfig(task="sst2", options=given)
         assert config.study_setting == "agzo --rank 4 --energy 0.9"
@@ -520,5 +524,5 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
         assert TrainConfig(task="sst2", **changed).learning_rate == default, changed
     assert TrainConfig(task="rte").learning_rate == default  # no study choice there yet
     assert TrainConfig(task="sst2", optimizer="mezo").learning_rate == 3e-5  # chosen too
-    lozo = get_method("lozo").defaults().lr
-    assert TrainConfig(task="sst2", optimizer="lozo").learning_rate == lozo  # not chosen yet
+    adamw = get_method("fo-adamw").defaults().lr
+    assert TrainConfig(task="sst2", optimizer="fo-adamw").learning_rate == adamw  # not yet

@@ -202,10 +202,12 @@ BENCHMARK_TASKS: tuple[BenchmarkTask, ...] = (
         # 1e-4 0.766, 3e-4 0.826, 1e-3 0.820 at step 200, then falling to 0.75; AGZO on
         # rank-8 LoRA adapters: 3e-4 0.718, 1e-3 0.728, 3e-3 0.778, 9e-3 0.740 at step
         # 100, then diverging; AGZO with an adaptive rank, r <= 4 at 90% energy: 1e-5
-        # 0.798, 3e-5 0.814, 1e-4 diverging from step 100).
+        # 0.798, 3e-5 0.814, 1e-4 diverging from step 100; LOZO: 3e-6 0.750, 1e-5 0.794,
+        # 3e-5 0.806 at step 300, then diverging, 9e-5 diverging from step 100).
         chosen_rates=(
             ("agzo", 3e-5),
             ("mezo", 3e-5),
+            ("lozo", 3e-5),
             ("agzo --preset paper", 3e-5),
             ("zo-act", 1e-3),
             ("agzo --layers dominant", 3e-4),
