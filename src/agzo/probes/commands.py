@@ -210,9 +210,7 @@ def _alignment_estimators(args: argparse.Namespace) -> tuple[dict[str, Any], boo
         raise ProbeError(f"--draws must be at least 2 (an interval needs two), got {args.draws}")
     if args.at_lr and not args.curvature:
         raise ProbeError("--at-lr prints the one-step model of --curvature: add --curvature")
-    if ZO_ACT in names and (args.lora_rank is not None or args.include or args.exclude):
-        raise ProbeError("zo-act adds its own adapters to every linear layer: probe it "
-                         "without --lora-rank, --include and --exclude")  # fmt: skip
+    _refuse_zo_act_with_a_selection(names, args)
     return {n: variants[n] for n in names if n != ZO_ACT}, ZO_ACT in names
 
 
@@ -384,6 +382,12 @@ def _frozen_base_configs(chosen: list[str], bits: int, explicit: bool) -> list[s
     return [c for c in chosen if c not in trains_base]
 
 
+def _refuse_zo_act_with_a_selection(names: Sequence[str], args: argparse.Namespace) -> None:
+    if ZO_ACT in names and (args.lora_rank is not None or args.include or args.exclude):
+        raise ProbeError("zo-act adds its own adapters to every linear layer: measure it "
+                         "without --lora-rank, --include and --exclude")  # fmt: skip
+
+
 def _trained_selection(model: Any, args: argparse.Namespace) -> Any:
     """The model whose trainable tensors --lora-rank, --include and --exclude choose (LoRA
     adapters wrapped on); a choice that selects nothing is a ProbeError."""
@@ -473,9 +477,7 @@ def _speed(args: argparse.Namespace, out: Path) -> int:
     every = list(method_names())
     methods = _csv(args.methods) if args.methods else every
     _check_choices("method", methods, [*every, *variant_settings()])
-    if ZO_ACT in methods and (args.lora_rank is not None or args.include or args.exclude):
-        raise ProbeError("zo-act adds its own adapters to every linear layer: time it "
-                         "without --lora-rank, --include and --exclude")  # fmt: skip
+    _refuse_zo_act_with_a_selection(methods, args)
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)
     # With LoRA the two plain forwards run through the adapters too.
@@ -504,6 +506,7 @@ def _speed(args: argparse.Namespace, out: Path) -> int:
         "include": args.include,
         "exclude": args.exclude,
         "lora_rank": args.lora_rank,
+        "lora_targets": args.lora_targets,
         "batch": args.batch,
         "seq": args.seq,
         "dtype": args.dtype,

@@ -38,6 +38,12 @@ def variant_settings() -> dict[str, tuple[str, dict[str, Any]]]:
     return named | {name: ("agzo", options) for name, options in AGZO_VARIANTS.items()}
 
 
+def variant_of(name: str) -> tuple[str, dict[str, Any]]:
+    """(registered method, options) behind a probe variant's name; a method's own name
+    (or any other) stands for itself with no options."""
+    return variant_settings().get(name, (name, {}))
+
+
 def estimator_variants(
     include: Sequence[str] | None = None, exclude: Sequence[str] | None = None
 ) -> dict[str, OptimizerFactory]:

@@ -26,7 +26,7 @@ from torch import nn
 from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.methods import BuildContext, get_method
 from agzo.methods import methods as all_methods
-from agzo.probes.estimators import variant_settings
+from agzo.probes.estimators import variant_of
 
 REGIONS = (
     "agzo.forward",
@@ -58,12 +58,12 @@ def probe_optimizer(
     context: BuildContext | None = None,
     **options: Any,
 ) -> torch.optim.Optimizer:
-    """A registered method's (or a probe variant's, `variant_settings`) optimizer with its
+    """A registered method's (or a probe variant's, `variant_of`) optimizer with its
     defaults, except a tiny lr (the probes measure cost, not progress) and the given
     `options`; `context` selects the trained tensors (include, exclude). A method that
     adds layers to the model (ZO-Act) prepares it first, calibrating on one pass of
     `closure`."""
-    method, variant_options = variant_settings().get(method, (method, {}))
+    method, variant_options = variant_of(method)
     spec = get_method(method)
     chosen = spec.make_options(**{"lr": 1e-12, **variant_options, **options})
     if spec.prepare is not None:
@@ -118,8 +118,7 @@ def make_step(
 
 
 def _method_of(name: str) -> str:
-    """The registered method behind a name (a probe variant's, or the name itself)."""
-    return variant_settings().get(name, (name, {}))[0]
+    return variant_of(name)[0]
 
 
 def _adds_layers(name: str) -> bool:
