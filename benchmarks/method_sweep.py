@@ -33,6 +33,11 @@ after it replace the recorded ones (how runs share the machine, never what a run
 Checkpoints of finished runs are deleted (--keep-checkpoints keeps them). --report-only
 writes the tables from the finished runs alone. Arguments after `--` go to every run.
 
+OUT is scratch space, lost with its machine. `--record DIR` names a folder to commit
+(benchmarks/study_record.py): every finished run's summary and metrics, the command and the
+report are kept there too, so `--continue DIR` on a fresh checkout reads the finished runs
+from it and trains only what is missing (a run cut off with OUT starts over, in full).
+
 Writes, after every finished run: OUT/sweep.md (search and seed tables), OUT/sweep.json (what
 benchmarks/study_table.py reads to put several tasks in one table) and OUT/sweep.png
 (training loss and dev metric of each arm's chosen rate, mean over seeds).
@@ -58,6 +63,7 @@ from typing import Any
 from agzo.methods import get_method
 from agzo.train.checkpoint import list_checkpoints
 from compare_runs import smoothed  # the sibling script: one smoothing for both reports
+from study_record import Record, read_run_folder
 
 # --------------------------------------------------------------------------- what to run
 
@@ -192,12 +198,19 @@ class RunResult:
         return (-metric, loss)
 
     @property
+    def has_curves(self) -> bool:
+        """False for a run restored from an earlier report: its figures without its rows."""
+        return bool(self.records)
+
+    @property
     def median_step_seconds(self) -> float:
         """The median of the steps' own times: unlike the run's wall time per step, it
         leaves out evaluations and a pause (SIGSTOP, a suspended machine) that fell in a
         few steps. Still not a speed comparison: the study's runs share the cores."""
         _, times = self.curve("train", "step_time")
-        return statistics.median(times) if times else math.nan
+        if not times:  # a restored run carries the figure its report gave
+            return float(self.summary.get("median_step_seconds", math.nan))
+        return statistics.median(times)
 
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.records if r["split"] == split and key in r]
@@ -254,21 +267,20 @@ def _rounded(lr: float) -> float:
     return float(f"{lr:.3g}")
 
 
-def read_result(spec: RunSpec, out: Path) -> RunResult | None:
-    run_dir = out / spec.name
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except (OSError, ValueError):
-        return None
-    return RunResult(spec, summary, [json.loads(line) for line in lines if line.strip()])
+def read_result(spec: RunSpec, out: Path, record: Record | None = None) -> RunResult | None:
+    """A finished run from its folder, else from the study's record."""
+    found = read_run_folder(out / spec.name)
+    if found is None and record is not None:
+        found = record.read_run(spec.name)
+    return None if found is None else RunResult(spec, *found)
 
 
-def read_icl(spec: IclSpec, out: Path) -> dict[str, Any] | None:
+def read_icl(spec: IclSpec, out: Path, record: Record | None = None) -> dict[str, Any] | None:
     try:
-        return json.loads((out / f"{spec.name}.json").read_text())
+        found: dict[str, Any] = json.loads((out / f"{spec.name}.json").read_text())
+        return found
     except (OSError, ValueError):
-        return None
+        return None if record is None else record.read_icl(spec.name)
 
 
 # --------------------------------------------------------------------------- the scheduler
@@ -280,6 +292,7 @@ class Study:
     arms: dict[str, Arm]
     grid: dict[str, list[float]]
     seeds: list[int]
+    record: Record | None = None  # where finished runs are kept beyond the run folder
     failed: set[str] = field(default_factory=set)  # names that ended without a result
     # Finished runs never change: each is read once, not at every look at the folder.
     finished: dict[RunSpec, RunResult] = field(default_factory=dict)
@@ -289,15 +302,29 @@ class Study:
         return Path(self.args.out)
 
     def results(self) -> dict[RunSpec, RunResult]:
-        """Every finished run of the study's arms in its folder."""
+        """Every finished run of the study's arms, in its folder or in its record. A run
+        found finished in the folder and not yet in the record is kept there now."""
+        names = {run_dir.name for run_dir in self.out.iterdir() if run_dir.is_dir()}
+        names |= set(self.record.run_names()) if self.record else set()
         for label in self.grid:
-            for run_dir in self.out.glob(f"{label}-lr*-seed*"):
-                spec = _spec_from_name(label, run_dir.name)
+            for name in names:
+                spec = _spec_from_name(label, name)
                 if spec is None or spec in self.finished:
                     continue
-                if (result := read_result(spec, self.out)) is not None:
+                if (result := read_result(spec, self.out, self.record)) is not None:
                     self.finished[spec] = result
+                    if self.record and not self.record.has_run(name):
+                        self.record.keep_run(self.out / name)
         return dict(self.finished)
+
+    def icl_result(self, spec: IclSpec) -> dict[str, Any] | None:
+        found = read_icl(spec, self.out, self.record)
+        path = self.out / f"{spec.name}.json"
+        kept = self.record is None or self.record.read_icl(spec.name) is not None
+        if found is not None and not kept and path.is_file():
+            assert self.record is not None
+            self.record.keep_icl(path)
+        return found
 
     def plans(self, results: dict[RunSpec, RunResult]) -> dict[str, ArmPlan]:
         plans = {}
@@ -331,7 +358,7 @@ class Study:
         if self.args.icl:
             for seed in self.seeds:
                 spec = IclSpec(self.args.icl, seed)
-                if read_icl(spec, self.out) is None and spec.name not in self.failed:
+                if self.icl_result(spec) is None and spec.name not in self.failed:
                     order.append(spec)
         return order
 
@@ -423,14 +450,19 @@ class Study:
         icl = {}
         for seed in self.seeds if self.args.icl else []:
             spec = IclSpec(self.args.icl, seed)
-            if (found := read_icl(spec, self.out)) is not None:
+            if (found := self.icl_result(spec)) is not None:
                 icl[spec] = found
         data = study_json(self, results, plans, icl)
         (self.out / "sweep.json").write_text(json.dumps(data, indent=2) + "\n")
         text = report(self, results, plans, icl)
         (self.out / "sweep.md").write_text(text + "\n")
         plot(self, plans, results, self.out / "sweep.png")
+        if self.record:
+            self.record.keep_report(self.out, REPORT_FILES)
         return text
+
+
+REPORT_FILES = ("sweep.md", "sweep.json", "sweep.png")
 
 
 def _spec_from_name(label: str, name: str) -> RunSpec | None:
@@ -499,8 +531,11 @@ def dev_curves(study: Study, plans: dict[str, ArmPlan],
                results: dict[RunSpec, RunResult]) -> list[str]:  # fmt: skip
     """Markdown: every evaluation of each arm's leading first-seed run, dev metric / dev
     loss side by side, so the arms' pace can be read step by step."""
-    leaders = {label: run for label, plan in plans.items()
-               if (run := leading_run(study, plan, label, results)) is not None}  # fmt: skip
+    found = {label: run for label, plan in plans.items()
+             if (run := leading_run(study, plan, label, results)) is not None}  # fmt: skip
+    leaders = {label: run for label, run in found.items() if run.has_curves}
+    unrecorded = [f"{label} {run.spec.lr:g}" for label, run in found.items()
+                  if not run.has_curves]  # fmt: skip
     if not leaders:
         return []
     metric = next(iter(leaders.values())).metric
@@ -524,6 +559,8 @@ def dev_curves(study: Study, plans: dict[str, ArmPlan],
     for step in sorted(by_step):
         cells = [by_step[step].get(label, "") for label in leaders]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if unrecorded:
+        lines += ["", f"Not recorded (restored without curves): {', '.join(unrecorded)}."]
     return lines
 
 
@@ -634,14 +671,19 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
             reference = results.get(RunSpec(mezo, plans[mezo].chosen, seed))
             if reference is None:
                 continue
+            if not reference.has_curves:
+                lines.append(f"- seed {seed}: MeZO's dev curve is not recorded")
+                continue
             losses = reference.curve("dev", "loss")[1]
             for kind, target in (("final", losses[-1]), ("lowest", min(losses))):
                 reached = []
                 for label, plan in plans.items():
                     result = results.get(RunSpec(label, plan.chosen or math.nan, seed))
-                    if result is not None:
-                        step = first_step_reaching(result, target)
-                        reached.append(f"{label} {'never' if step is None else step}")
+                    if result is None:
+                        continue
+                    step = first_step_reaching(result, target)
+                    when = "never" if step is None else str(step)
+                    reached.append(f"{label} {when if result.has_curves else 'not recorded'}")
                 lines.append(
                     f"- seed {seed}, MeZO's {kind} dev loss {target:.3f}: " + ", ".join(reached)
                 )
@@ -658,7 +700,7 @@ def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResu
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     metric = "accuracy"
     for label, plan in plans.items():
-        runs = chosen_runs(study, plan, label, results)
+        runs = [r for r in chosen_runs(study, plan, label, results) if r.has_curves]
         if not runs:
             continue
         metric = runs[0].metric
@@ -795,10 +837,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per run [cores // jobs]")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--record", type=Path, default=None,
+                        help="folder to commit: finished runs, command, report")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="run nothing; report")
     parser.add_argument("train_args", nargs="*", help="after --: passed to every agzo train")
     args = parser.parse_args(argv)
-    args.command = shlex.join(["benchmarks/method_sweep.py", *argv])  # what --continue repeats
+    # The study's command, as a report names it: --report-only is how a report was made.
+    study_argv = [word for word in argv if word != "--report-only"]
+    args.command = shlex.join(["benchmarks/method_sweep.py", *study_argv])
     if args.widen <= 1 or args.max_widen < 0 or args.jobs < 1:
         raise SystemExit("--widen must exceed 1, --max-widen be >= 0, --jobs be >= 1")
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -811,19 +857,24 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--first {','.join(unknown)}: no such arm (give each a --grid)")
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    study = Study(args, arms, grid, seeds)
+    record = Record(args.record) if args.record else None
+    study = Study(args, arms, grid, seeds, record)
+    continue_from = args.record or args.out
     if not args.report_only:
         stop_on_signals()
         hold_lock(args.out)
-        (args.out / COMMAND_FILE).write_text(json.dumps({"argv": argv}, indent=1) + "\n")
+        for folder in (args.out, args.record) if args.record else (args.out,):
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / COMMAND_FILE).write_text(json.dumps({"argv": argv}, indent=1) + "\n")
         print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
               f"{args.threads} thread(s) each", flush=True)  # fmt: skip
         try:
             study.run()
         except KeyboardInterrupt:
             study.write_report()
-            print(f"stopped; the runs saved checkpoints. Continue with: python "
-                  f"benchmarks/method_sweep.py --continue {args.out}", file=sys.stderr)  # fmt: skip
+            print("stopped; the runs saved checkpoints. Continue with: python "
+                  f"benchmarks/method_sweep.py --continue {continue_from}",
+                  file=sys.stderr)  # fmt: skip
             raise SystemExit(130) from None
     text = study.write_report()
     if text is None:

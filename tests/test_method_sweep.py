@@ -226,6 +226,74 @@ def test_a_study_widens_chooses_and_repeats(model_dir: Path, tmp_path: Path) -> 
     assert {log.name: len(commands_run(log)) for log in (out / "logs").iterdir()} == launched
 
 
+def test_a_study_continues_from_its_record_when_its_run_folder_is_gone(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """What a fresh checkout has of a study is its record: the finished runs are read from
+    it, nothing is trained again, the report is the same; a run missing from it is trained."""
+    import shutil
+
+    record = tmp_path / "record"
+    argv, out = tiny_study(model_dir, tmp_path, "--seeds", "0", "--grid", "agzo=1e-3",
+                           "--record", str(record))  # fmt: skip
+    method_sweep.main(argv)
+    kept = record / "runs" / "agzo-lr0.001-seed0"
+    assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl.gz", "summary.json"]
+    assert (record / "sweep.md").read_text() == (out / "sweep.md").read_text()
+    before = json.loads((record / "sweep.json").read_text())
+    cut = argv.index("--")
+    method_sweep.main([*argv[:cut], "--report-only", *argv[cut:]])
+    assert json.loads((record / "sweep.json").read_text()) == before  # the study's command
+
+    shutil.rmtree(out)
+    method_sweep.main(["--continue", str(record)])
+    assert not (out / "logs").exists()  # nothing was launched
+    assert json.loads((record / "sweep.json").read_text()) == before
+    # Kept metrics are the run's own: the dev curve in the report is unchanged.
+    assert "| 4 | " in (record / "sweep.md").read_text()
+
+    # A rate the record lacks is trained and kept, in the same record.
+    (record / "runs" / "agzo-lr0.001-seed0" / "summary.json").unlink()
+    method_sweep.main(["--continue", str(record)])
+    assert len(commands_run(out / "logs" / "agzo-lr0.001-seed0.txt")) == 1
+    assert (kept / "summary.json").is_file()
+
+
+def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: Path) -> None:
+    """A run kept as its report's figures only (summary, no metrics) takes part in the
+    search and the seed table; the lines that need its curve say it is not recorded."""
+    from study_record import Record
+
+    summaries = {
+        ("mezo", 0): (0.80, 0.40), ("mezo", 1): (0.82, 0.38),
+        ("agzo", 0): (0.81, 0.39), ("agzo", 1): (0.79, 0.41),
+    }  # fmt: skip
+    record = Record(tmp_path / "record")
+    for (arm, seed), (dev, loss) in summaries.items():
+        kept = record.runs / f"{arm}-lr1e-05-seed{seed}"
+        kept.mkdir(parents=True)
+        summary = {"metric": "accuracy", "best_step": 10, "seconds_per_step": 2.0,
+                   "median_step_seconds": 1.5, "zero_shot": {"test": {"accuracy": 0.7}},
+                   "final": {"dev": {"accuracy": dev, "loss": loss},
+                             "test": {"accuracy": dev - 0.01}}}  # fmt: skip
+        (kept / "summary.json").write_text(json.dumps(summary))
+    args = argparse.Namespace(widen=3.0, max_widen=0, icl=0, out=tmp_path / "out", first=[],
+                              task="sst2", model="m", steps=10, eval_every=5,
+                              command="x")  # fmt: skip
+    args.out.mkdir()
+    arms: dict[str, method_sweep.Arm] = {}
+    grid = method_sweep.parse_grid(["agzo=1e-5", "mezo=1e-5"], arms)
+    study = method_sweep.Study(args, arms, grid, [0, 1], record)
+    results = study.results()
+    assert len(results) == 4 and study.wanted(results) == []
+    text = study.write_report()
+    assert text is not None
+    assert "| agzo | 1e-05 (grid edge) | 0.800, 0.780 | 0.790 ± 0.014 |" in text
+    assert "| 1.50 |" in text  # the restored median step time
+    assert "- seed 0: MeZO's dev curve is not recorded" in text
+    assert (record.root / "sweep.md").read_text() == text + "\n"
+
+
 def test_an_interrupted_run_resumes_from_its_checkpoint(model_dir: Path, tmp_path: Path) -> None:
     argv, out = tiny_study(
         model_dir, tmp_path, "--seeds", "0", "--jobs", "1", "--grid", "agzo=1e-3",
