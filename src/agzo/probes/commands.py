@@ -89,7 +89,7 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="with --curvature: also print the modelled loss drop of one step at these "
         "comma-separated learning rates",
     )  # fmt: skip
-    align.add_argument("--output", default="probe-alignment", help="output directory")
+    align.add_argument("--output", default="runs/probe-alignment", help="output directory")
 
     memory = kinds.add_parser("memory", help="peak memory per method, one fresh process each")
     memory.add_argument("--shape", default="smollm2-135m")
@@ -114,7 +114,7 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--quantize", type=int, choices=(8, 4), default=None,
         help="weight-only quantized base (bitsandbytes) for every config, inference's too",
     )  # fmt: skip
-    memory.add_argument("--output", default="probe-memory")
+    memory.add_argument("--output", default="runs/probe-memory")
 
     speed = kinds.add_parser("speed", help="step time over two plain forwards, and its parts")
     speed.add_argument("--shape", default="smollm2-135m")
@@ -134,7 +134,7 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     speed.add_argument("--rounds", type=int, default=5)
     speed.add_argument("--dtype", default="float32")
     speed.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    speed.add_argument("--output", default="probe-speed")
+    speed.add_argument("--output", default="runs/probe-speed")
 
     layers = kinds.add_parser(
         "layers", help="activation outliers per decoder layer; selects the dominant layer"
@@ -152,7 +152,7 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
         "lowest layer's ratio (default 10)",
     )
     layers.add_argument("--seed", type=int, default=0, help="which training examples")
-    layers.add_argument("--output", default="probe-layers", help="output directory")
+    layers.add_argument("--output", default="runs/probe-layers", help="output directory")
     layers.add_argument("--json", default=None, help="JSON path (default OUTPUT/layers.json)")
     layers.add_argument("--plot", default=None, help="PNG path (default OUTPUT/layers.png)")
     return probe
