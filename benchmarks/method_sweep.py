@@ -15,6 +15,9 @@ variant named by `--arm LABEL="agzo train flags"` (a preset, `--layers dominant`
    (`--select dev-loss`). Test figures play no part in the choice.
 3. A winner at an edge of the grid widens it: one more rate beyond that edge (x / --widen or
    x * --widen), up to --max-widen rates per side. The table marks a winner left at an edge.
+   When every rate of the grid scores exactly alike on dev (each kept the zero-shot weights:
+   none learned, or each diverged from its first steps), dev points in no direction: the arm
+   ends with no rate chosen and says so, and no seeds follow.
 4. The winning rate is trained with the remaining seeds (each seed also redraws the splits and
    the data order, as `agzo train --seed` does).
 
@@ -226,8 +229,9 @@ class ArmPlan:
 
     rates: list[float]  # the grid with its widenings, ascending
     waiting_for: list[float]  # rates of seed 0 not finished yet
-    chosen: float | None  # None while searching
+    chosen: float | None  # None while searching, or when every rate tied
     at_edge: bool  # the winner is an edge rate that may not be widened further
+    tied: bool = False  # finished, and dev told no rate from another: nothing is chosen
 
 
 def plan_arm(
@@ -251,6 +255,10 @@ def plan_arm(
         best = min(rates, key=lambda lr: (keys[lr], lr))
         if keys[best] == FAILED:  # nothing finished: no direction to widen in
             return ArmPlan(rates, [], None, False)
+        if len(rates) > 1 and all(keys[lr] == keys[best] for lr in rates):
+            # Every rate kept the same weights by dev (in practice the zero-shot ones:
+            # none learned, or all diverged at once), so dev points neither up nor down.
+            return ArmPlan(rates, [], None, False, tied=True)
         if len(rates) > 1 and best == rates[0] and added["low"] < max_widen:
             rates.insert(0, _rounded(rates[0] / widen))
             added["low"] += 1
@@ -307,7 +315,7 @@ class Study:
         names = {run_dir.name for run_dir in self.out.iterdir() if run_dir.is_dir()}
         names |= set(self.record.run_names()) if self.record else set()
         for label in self.grid:
-            for name in names:
+            for name in sorted(names):
                 spec = _spec_from_name(label, name)
                 if spec is None or spec in self.finished:
                     continue
@@ -585,6 +593,7 @@ def study_json(study: Study, results: dict[RunSpec, RunResult], plans: dict[str,
             "rates": plan.rates,
             "chosen": plan.chosen,
             "at_edge": plan.at_edge,
+            "tied": plan.tied,
             "test": {str(r.spec.seed): r.test_metric for r in runs},
             "dev": {str(r.spec.seed): r.dev_metric for r in runs},
         }
@@ -595,7 +604,7 @@ def study_json(study: Study, results: dict[RunSpec, RunResult], plans: dict[str,
         "steps": study.args.steps,
         "seeds": study.seeds,
         "command": study.args.command,
-        "zero_shot": {str(k): v for k, v in zero_shot_by_seed(results, metric).items()},
+        "zero_shot": {str(k): v for k, v in sorted(zero_shot_by_seed(results, metric).items())},
         "icl": {str(s.seed): icl_metric(r, metric) for s, r in icl.items()},
         "icl_demonstrations": study.args.icl,
         "arms": arms,
@@ -649,6 +658,9 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
         lines.append(f"| in-context, k = {args.icl} | | {', '.join(f'{v:.3f}' for v in values)} "
                      f"| {mean_std(values)} | |")  # fmt: skip
     for label, plan in plans.items():
+        if plan.tied:
+            lines.append(f"| {label} | none: every rate tied on dev | | | |")
+            continue
         if plan.chosen is None:
             lines.append(f"| {label} | searching | | | |")
             continue

@@ -28,6 +28,8 @@ def cell(values: list[float], note: str = "") -> str:
 
 
 def arm_cell(arm: dict[str, Any]) -> str:
+    if arm.get("tied"):
+        return "no rate chosen (every rate tied on dev)"
     if arm["chosen"] is None:
         return "searching"
     note = ", edge" if arm["at_edge"] else ""

@@ -57,6 +57,22 @@ def test_a_diverged_or_failed_rate_beyond_the_winner_makes_it_interior() -> None
     assert nothing.chosen is None and nothing.waiting_for == []
 
 
+def test_a_grid_whose_rates_all_tie_on_dev_chooses_none_and_widens_nowhere() -> None:
+    """Every rate kept the zero-shot weights: dev gives no direction to widen in."""
+    zero_shot = (-0.53, 0.799)
+    tied = plan_arm([1e-5, 3e-5, 1e-4], dict.fromkeys([1e-5, 3e-5, 1e-4], zero_shot),
+                    widen=3, max_widen=3)  # fmt: skip
+    assert tied.tied and tied.chosen is None and tied.waiting_for == []
+    assert tied.rates == [1e-5, 3e-5, 1e-4]
+    # A tie among some rates only is an ordinary search: here the top rate wins and widens.
+    keys = {1e-5: zero_shot, 3e-5: zero_shot, 1e-4: (-0.56, 0.70)}
+    partial = plan_arm([1e-5, 3e-5, 1e-4], keys, widen=3, max_widen=3)
+    assert not partial.tied and partial.waiting_for == [3e-4]
+    # A grid of one rate is never tied: its rate is chosen, at the edge.
+    single = plan_arm([1e-5], {1e-5: zero_shot}, widen=3, max_widen=3)
+    assert single.chosen == 1e-5 and single.at_edge and not single.tied
+
+
 def test_runs_that_keep_the_lowest_dev_loss_choose_their_rate_by_dev_loss() -> None:
     def result(accuracy: float, loss: float, select: str) -> method_sweep.RunResult:
         summary = {"metric": "accuracy", "config": {"select": select},
@@ -265,12 +281,13 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
     from study_record import Record
 
     summaries = {
-        ("mezo", 0): (0.80, 0.40), ("mezo", 1): (0.82, 0.38),
-        ("agzo", 0): (0.81, 0.39), ("agzo", 1): (0.79, 0.41),
+        ("mezo", 1e-5, 0): (0.80, 0.40), ("mezo", 1e-5, 1): (0.82, 0.38),
+        ("agzo", 1e-5, 0): (0.81, 0.39), ("agzo", 1e-5, 1): (0.79, 0.41),
+        ("lozo", 1e-5, 0): (0.70, 0.55), ("lozo", 3e-5, 0): (0.70, 0.55),  # zero-shot kept
     }  # fmt: skip
     record = Record(tmp_path / "record")
-    for (arm, seed), (dev, loss) in summaries.items():
-        kept = record.runs / f"{arm}-lr1e-05-seed{seed}"
+    for (arm, lr, seed), (dev, loss) in summaries.items():
+        kept = record.runs / method_sweep.RunSpec(arm, lr, seed).name
         kept.mkdir(parents=True)
         summary = {"metric": "accuracy", "best_step": 10, "seconds_per_step": 2.0,
                    "median_step_seconds": 1.5, "zero_shot": {"test": {"accuracy": 0.7}},
@@ -282,15 +299,16 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
                               command="x")  # fmt: skip
     args.out.mkdir()
     arms: dict[str, method_sweep.Arm] = {}
-    grid = method_sweep.parse_grid(["agzo=1e-5", "mezo=1e-5"], arms)
+    grid = method_sweep.parse_grid(["agzo=1e-5", "mezo=1e-5", "lozo=1e-5,3e-5"], arms)
     study = method_sweep.Study(args, arms, grid, [0, 1], record)
     results = study.results()
-    assert len(results) == 4 and study.wanted(results) == []
+    assert len(results) == 6 and study.wanted(results) == []  # the tied arm wants no seeds
     text = study.write_report()
     assert text is not None
     assert "| agzo | 1e-05 (grid edge) | 0.800, 0.780 | 0.790 ± 0.014 |" in text
     assert "| 1.50 |" in text  # the restored median step time
     assert "- seed 0: MeZO's dev curve is not recorded" in text
+    assert "| lozo | none: every rate tied on dev |" in text
     assert (record.root / "sweep.md").read_text() == text + "\n"
 
 
@@ -361,13 +379,14 @@ def test_the_paper_style_table_puts_tasks_side_by_side(tmp_path: Path) -> None:
 
     done = {"chosen": 1e-5, "at_edge": True, "test": {"0": 0.8, "1": 0.9}}
     searching = {"chosen": None, "at_edge": False, "test": {}}
+    tied = {"chosen": None, "at_edge": False, "tied": True, "test": {}}
     text = study_table.table([study("sst2", {"agzo": done, "mezo": searching}),
-                              study("rte", {"agzo": searching})])  # fmt: skip
+                              study("rte", {"agzo": searching, "mezo": tied})])  # fmt: skip
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
     assert "60.0 ± 14.1 (2)" in rows["zero-shot"]
     assert "60.0 (1) [k = 32]" in rows["in-context"]
     assert "85.0 ± 7.1 (2) [lr 1e-05, edge]" in rows["agzo"] and "searching" in rows["agzo"]
-    assert rows["mezo"].endswith("| searching | not run |")
+    assert rows["mezo"].endswith("| searching | no rate chosen (every rate tied on dev) |")
 
 
 def test_the_curvature_model_over_batches_averages_descent_and_cost(
