@@ -326,11 +326,10 @@ class Study:
         return dict(self.finished)
 
     def icl_result(self, spec: IclSpec) -> dict[str, Any] | None:
+        """An in-context result, kept in the record too when found in the folder only."""
         found = read_icl(spec, self.out, self.record)
         path = self.out / f"{spec.name}.json"
-        kept = self.record is None or self.record.read_icl(spec.name) is not None
-        if found is not None and not kept and path.is_file():
-            assert self.record is not None
+        if self.record and path.is_file() and self.record.read_icl(spec.name) is None:
             self.record.keep_icl(path)
         return found
 

@@ -251,10 +251,16 @@ def test_a_study_continues_from_its_record_when_its_run_folder_is_gone(
 
     record = tmp_path / "record"
     argv, out = tiny_study(model_dir, tmp_path, "--seeds", "0", "--grid", "agzo=1e-3",
-                           "--record", str(record))  # fmt: skip
+                           "--icl", "2", "--record", str(record), "--eval-args",
+                           f"--data-file {tmp_path / 'reviews.jsonl'} --labels 0=bad,1=good "
+                           "--template '{text}. Overall it was' --n-train 24 --n-dev 8 "
+                           "--n-test 8")  # fmt: skip
     method_sweep.main(argv)
     kept = record / "runs" / "agzo-lr0.001-seed0"
     assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl.gz", "summary.json"]
+    assert (record / "runs" / "icl-k2-seed0.json").read_bytes() == (
+        out / "icl-k2-seed0.json"
+    ).read_bytes()
     assert (record / "sweep.md").read_text() == (out / "sweep.md").read_text()
     before = json.loads((record / "sweep.json").read_text())
     cut = argv.index("--")
@@ -267,6 +273,7 @@ def test_a_study_continues_from_its_record_when_its_run_folder_is_gone(
     assert json.loads((record / "sweep.json").read_text()) == before
     # Kept metrics are the run's own: the dev curve in the report is unchanged.
     assert "| 4 | " in (record / "sweep.md").read_text()
+    assert "| in-context, k = 2 |" in (record / "sweep.md").read_text()
 
     # A rate the record lacks is trained and kept, in the same record.
     (record / "runs" / "agzo-lr0.001-seed0" / "summary.json").unlink()
