@@ -215,6 +215,15 @@ class RunResult:
             return float(self.summary.get("median_step_seconds", math.nan))
         return statistics.median(times)
 
+    def last_and_lowest_dev_loss(self) -> tuple[float, float] | None:
+        """The dev loss at the run's last evaluation and its lowest: what other arms are
+        timed against. A restored run may carry the two (as its report printed them)."""
+        if self.has_curves:
+            losses = self.curve("dev", "loss")[1]
+            return losses[-1], min(losses)
+        kept = self.summary.get("dev_loss_last_and_lowest")
+        return None if kept is None else (float(kept[0]), float(kept[1]))
+
     def curve(self, split: str, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.records if r["split"] == split and key in r]
         return [int(r["step"]) for r in rows], [float(r[key]) for r in rows]
@@ -672,33 +681,46 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
         )
     if curves := dev_curves(study, plans, results):
         lines += ["", *curves]
-    mezo = reference_mezo_arm(study.arms)
-    if mezo is not None and plans[mezo].chosen is not None:
-        # The final loss alone flatters whoever beats a run that rose at its last
-        # evaluation; its lowest loss is the second target.
-        lines += ["", "Steps to reach MeZO's final and its lowest dev loss (same seed, dev "
-                  f"evaluated every {args.eval_every} steps):", ""]  # fmt: skip
-        for seed in seeds:
-            reference = results.get(RunSpec(mezo, plans[mezo].chosen, seed))
-            if reference is None:
-                continue
-            if not reference.has_curves:
-                lines.append(f"- seed {seed}: MeZO's dev curve is not recorded")
-                continue
-            losses = reference.curve("dev", "loss")[1]
-            for kind, target in (("final", losses[-1]), ("lowest", min(losses))):
-                reached = []
-                for label, plan in plans.items():
-                    result = results.get(RunSpec(label, plan.chosen or math.nan, seed))
-                    if result is None:
-                        continue
-                    step = first_step_reaching(result, target)
-                    when = "never" if step is None else str(step)
-                    reached.append(f"{label} {when if result.has_curves else 'not recorded'}")
-                lines.append(
-                    f"- seed {seed}, MeZO's {kind} dev loss {target:.3f}: " + ", ".join(reached)
-                )
+    if steps := steps_to_mezo(study, plans, results):
+        lines += ["", *steps]
     return "\n".join(lines)
+
+
+def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
+                  results: dict[RunSpec, RunResult]) -> list[str]:  # fmt: skip
+    """Markdown: per seed, the first evaluation at which each arm's chosen run reached
+    MeZO's final and its lowest dev loss. The final loss alone flatters whoever beats a run
+    that rose at its last evaluation; its lowest loss is the second target."""
+    mezo = reference_mezo_arm(study.arms)
+    if mezo is None or plans[mezo].chosen is None:
+        return []
+    lines = ["Steps to reach MeZO's final and its lowest dev loss (same seed, dev evaluated "
+             f"every {study.args.eval_every} steps):", ""]  # fmt: skip
+    untimed: set[str] = set()  # arms whose runs were restored without curves
+    for seed in study.seeds:
+        reference = results.get(RunSpec(mezo, plans[mezo].chosen, seed))
+        targets = None if reference is None else reference.last_and_lowest_dev_loss()
+        if targets is None:
+            continue
+        for kind, target in zip(("final", "lowest"), targets, strict=True):
+            reached = []
+            for label, plan in plans.items():
+                result = results.get(RunSpec(label, plan.chosen or math.nan, seed))
+                if result is None:
+                    continue
+                if not result.has_curves:
+                    untimed.add(label)
+                    continue
+                step = first_step_reaching(result, target)
+                reached.append(f"{label} {'never' if step is None else step}")
+            lines.append(f"- seed {seed}, MeZO's {kind} dev loss {target:.3f}: "
+                         + (", ".join(reached) or "no arm's curve is kept"))  # fmt: skip
+    if len(lines) == 2:
+        return [*lines, "- MeZO's dev curves are not kept (restored without curves)"]
+    if untimed:
+        labels = ", ".join(label for label in plans if label in untimed)
+        lines += ["", f"Not timed (runs restored without curves): {labels}."]
+    return lines
 
 
 def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResult],

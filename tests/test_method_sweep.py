@@ -314,9 +314,41 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
     assert text is not None
     assert "| agzo | 1e-05 (grid edge) | 0.800, 0.780 | 0.790 ± 0.014 |" in text
     assert "| 1.50 |" in text  # the restored median step time
-    assert "- seed 0: MeZO's dev curve is not recorded" in text
+    assert "- MeZO's dev curves are not kept (restored without curves)" in text
+    # Given MeZO's last and lowest dev loss, a restored run still sets the targets.
+    (record.runs / "mezo-lr1e-05-seed1" / "summary.json").write_text(json.dumps(
+        {**json.loads((record.runs / "mezo-lr1e-05-seed1" / "summary.json").read_text()),
+         "dev_loss_last_and_lowest": [0.40, 0.38]}))  # fmt: skip
+    # ... and a run whose curve was kept is timed against them.
+    import gzip
+
+    rows = [{"step": step, "split": "dev", "accuracy": 0.7, "loss": loss}
+            for step, loss in ((0, 0.55), (5, 0.41), (10, 0.39))]  # fmt: skip
+    with gzip.open(record.runs / "agzo-lr1e-05-seed1" / "metrics.jsonl.gz", "wt") as kept:
+        kept.writelines(json.dumps(row) + "\n" for row in rows)
+    study.finished.clear()
+    text = study.write_report()
+    assert text is not None
+    assert "- seed 1, MeZO's final dev loss 0.400: agzo 10\n" in text
+    assert "- seed 1, MeZO's lowest dev loss 0.380: agzo never\n" in text
+    assert "Not timed (runs restored without curves): mezo." in text
     assert "| lozo | none: every rate tied on dev |" in text
     assert (record.root / "sweep.md").read_text() == text + "\n"
+
+
+RECORDS = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study-*"))
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=[path.name for path in RECORDS])
+def test_every_run_a_committed_study_reports_is_in_its_record(record: Path) -> None:
+    """A fresh checkout continues each study in docs/results from its record: every run its
+    report lists, and the command, must be there (committed, not ignored)."""
+    from study_record import Record
+
+    report = json.loads((record / "sweep.json").read_text())
+    assert set(report["runs"]) <= set(Record(record).run_names())
+    argv = json.loads((record / method_sweep.COMMAND_FILE).read_text())["argv"]
+    assert argv[argv.index("--record") + 1] == f"docs/results/{record.name}"
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(model_dir: Path, tmp_path: Path) -> None:
