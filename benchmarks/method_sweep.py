@@ -553,7 +553,8 @@ def dev_curves(study: Study, plans: dict[str, ArmPlan],
     unrecorded = [f"{label} {run.spec.lr:g}" for label, run in found.items()
                   if not run.has_curves]  # fmt: skip
     if not leaders:
-        return []
+        return [f"Dev curves not recorded (restored without curves): {', '.join(unrecorded)}."
+                ] if unrecorded else []  # fmt: skip
     metric = next(iter(leaders.values())).metric
     by_step: dict[int, dict[str, str]] = {}
     for label, run in leaders.items():
