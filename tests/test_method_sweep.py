@@ -315,7 +315,7 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
     assert "| agzo | 1e-05 (grid edge) | 0.800, 0.780 | 0.790 ± 0.014 |" in text
     assert "| 1.50 |" in text  # the restored median step time
     assert "- MeZO's dev curves are not kept (restored without curves)" in text
-    assert "Dev curves not recorded (restored without curves): agzo 1e-05, mezo 1e-05." in text
+    assert "not recorded (restored without curves): agzo 1e-05, mezo 1e-05, lozo 1e-05." in text
     # Given MeZO's last and lowest dev loss, a restored run still sets the targets.
     (record.runs / "mezo-lr1e-05-seed1" / "summary.json").write_text(json.dumps(
         {**json.loads((record.runs / "mezo-lr1e-05-seed1" / "summary.json").read_text()),
