@@ -518,6 +518,13 @@ def reference_mezo_arm(arms: dict[str, Arm]) -> str | None:
     return (plain or mezos)[0].label if mezos else None
 
 
+def best_step_text(result: RunResult) -> str:
+    """ "300", or "300 (stopped at 500: diverged)" for a run `--stop-diverged` ended."""
+    stopped = result.summary.get("stopped_early")
+    best = str(result.summary["best_step"])
+    return best if not stopped else f"{best} (stopped at {stopped['step']}: diverged)"
+
+
 def first_step_reaching(result: RunResult, target_loss: float) -> int | None:
     for step, loss in zip(*result.curve("dev", "loss"), strict=True):
         if loss <= target_loss:
@@ -650,7 +657,7 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
             mark = " **(chosen)**" if plan.chosen == lr else ""
             lines.append(
                 f"| {label} | {lr:g}{mark} | {result.dev_metric:.3f} | {result.dev_loss:.3f} | "
-                f"{result.test_metric:.3f} | {result.summary['best_step']} | "
+                f"{result.test_metric:.3f} | {best_step_text(result)} | "
                 f"{result.median_step_seconds:.2f} |"
             )
     lines += [

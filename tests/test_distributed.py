@@ -188,6 +188,19 @@ def two_processes(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
             "config": {"output_dir": str(folder / "zo-trainer"), "per_device": 2},
         }
     )
+    jobs.append(
+        {
+            "name": "diverges",
+            "config": tiny_settings(
+                model_dir,
+                folder / "diverges",
+                optimizer="fo-sgd",
+                lr=100.0,
+                steps=8,
+                stop_diverged=3,
+            ),  # fmt: skip
+        }
+    )
     jobs.append({"name": "drift", "kind": "drift", "config": {"output_dir": str(folder)}})
     jobs.append({"name": "reducer", "kind": "reducer", "config": {"output_dir": str(folder)}})
     jobs.append(
@@ -267,6 +280,15 @@ def test_only_process_0_writes(two_processes: dict[str, Any]) -> None:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["split"] == "train"]
     assert train_steps == [1, 2, 3, 4]  # one line per step: a single writer
+
+
+def test_a_divergence_process_0_sees_stops_every_process(two_processes: dict[str, Any]) -> None:
+    """Only process 0 evaluates; the other learns of the stop from it, at the same step."""
+    ranks = [outcomes["diverges"] for outcomes in two_processes["outcomes"]]
+    assert all("error" not in r for r in ranks), ranks
+    assert [r["steps"] for r in ranks] == [2, 2]
+    summary = json.loads((two_processes["folder"] / "diverges" / "summary.json").read_text())
+    assert summary["stopped_early"]["step"] == 2
 
 
 def test_a_batch_that_does_not_divide_is_refused_before_anything_is_written(

@@ -97,6 +97,15 @@ def test_the_reported_step_time_is_the_median_step_not_the_wall_time() -> None:
     assert math.isnan(method_sweep.RunResult(result.spec, {}, []).median_step_seconds)
 
 
+def test_a_run_stopped_as_diverged_says_where_beside_its_best_step() -> None:
+    spec = method_sweep.RunSpec("lozo", 9e-5, 0)
+    summary = {"best_step": 100, "stopped_early": {"step": 300, "reason": "dev loss 9"}}
+    stopped = method_sweep.RunResult(spec, summary, [])
+    assert method_sweep.best_step_text(stopped) == "100 (stopped at 300: diverged)"
+    full = method_sweep.RunResult(spec, {"best_step": 100, "stopped_early": None}, [])
+    assert method_sweep.best_step_text(full) == "100"
+
+
 def test_the_reference_mezo_arm_is_plain_mezo_even_after_a_variant() -> None:
     arms = {
         "mezo-lm": method_sweep.Arm("mezo-lm", "mezo", ("--optimizer", "mezo", "--loss", "lm")),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import time
@@ -34,7 +35,7 @@ from agzo.train import (
     sample_minibatch,
     train,
 )
-from agzo.train.loop import training_batch
+from agzo.train.loop import divergence, training_batch
 from agzo.train.objective import CandidateScorer
 
 DEFAULT_THREADS = torch.get_num_threads()
@@ -131,6 +132,8 @@ def test_defaults_and_method_resolution() -> None:
         ({"dtype": "int8"}, "unknown dtype 'int8'"),
         ({"device": "gpu:zero"}, "invalid device"),
         ({"checkpoint_every": -1}, "checkpoint_every must be >= 0"),
+        ({"stop_diverged": 0.5}, "--stop-diverged is a factor over the zero-shot dev loss"),
+        ({"stop_diverged": -3}, "give one above 1 (or 0: never stop), got -3"),
         ({"model": None}, "model must not be empty"),
     ],
 )
@@ -270,6 +273,36 @@ def test_first_order_freezes_what_it_does_not_train(model_dir: Path) -> None:
     assert isinstance(
         build_optimizer(tiny_causal_lm("llama"), config.replace(optimizer="agzo", lr=None)), AGZO
     )
+
+
+def test_divergence_needs_a_lost_metric_with_the_loss_or_a_non_finite_loss() -> None:
+    zero_shot = {"accuracy": 0.70, "loss": 0.50}
+    far = {"accuracy": 0.70, "loss": 1.51}
+    assert "over 3x the zero-shot 0.5" in str(divergence(far, zero_shot, "accuracy", 3.0))
+    # An overfitting run: its loss climbs but it still predicts better than zero-shot.
+    assert divergence(far | {"accuracy": 0.71}, zero_shot, "accuracy", 3.0) is None
+    assert divergence(far | {"loss": 1.49}, zero_shot, "accuracy", 3.0) is None
+    assert divergence({"accuracy": 0.9, "loss": math.nan}, zero_shot, "accuracy", 3.0) == (
+        "dev loss is nan"
+    )
+    assert divergence({"f1": 0.1}, {"f1": 0.3}, "f1", 3.0) is None  # no loss: no judgement
+
+
+def test_a_diverged_run_stops_at_that_evaluation_and_tests_its_best_weights(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """SGD at rate 100 throws the tiny model's dev loss up a million-fold by step 2."""
+    config = tiny_config(
+        model_dir, tmp_path / "run", optimizer="fo-sgd", lr=100.0, steps=8, stop_diverged=3
+    )
+    result = train(config, quiet=True)
+    summary = json.loads((result.output_dir / "summary.json").read_text())
+    assert summary["stopped_early"]["step"] == 2 == summary["steps"] == result.steps
+    assert "over 3x the zero-shot" in summary["stopped_early"]["reason"]
+    assert summary["tested_step"] == 0  # the best dev weights: zero-shot's
+    assert summary["final"]["test"] == result.zero_shot["test"]
+    assert [step for step, _ in train_losses(result.output_dir)] == [1, 2]
+    assert (result.output_dir / "checkpoints" / "step-000002").is_dir()
 
 
 def test_checkpoints_keep_the_last_n(model_dir: Path, tmp_path: Path) -> None:

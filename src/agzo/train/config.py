@@ -117,6 +117,7 @@ RESUMABLE_CHANGES = frozenset(
         "dist_timeout",
         "device_map",
         "offload",
+        "stop_diverged",
     }
 )
 
@@ -283,6 +284,14 @@ class TrainConfig:
         metadata=_help(
             "sequences packed end to end into rows, without padding between them, in "
             "Llama, Qwen3 and GPT-2 models (same loss, fewer tokens computed)"
+        ),
+    )
+    stop_diverged: float = field(
+        default=0.0,
+        metadata=_help(
+            "stop once a dev evaluation's loss is not finite, or is over this many times "
+            "the zero-shot dev loss with the dev metric no better than zero-shot's "
+            "(0: never; the best-on-dev weights so far are tested as usual)"
         ),
     )
     select: str = field(
@@ -454,6 +463,11 @@ class TrainConfig:
             raise ConfigError(
                 f"--warmup-steps must be between 0 and --steps ({self.steps}), "
                 f"got {self.warmup_steps}"
+            )
+        if self.stop_diverged and not self.stop_diverged > 1:
+            raise ConfigError(
+                "--stop-diverged is a factor over the zero-shot dev loss: give one above 1 "
+                f"(or 0: never stop), got {self.stop_diverged}"
             )
         if self.select not in SELECT_CHOICES:
             raise ConfigError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import signal
 import sys
 import threading
@@ -173,6 +174,8 @@ def train(
                     loss = session.step(step)
                     if on_step is not None:
                         on_step(step, loss)
+                    if session.stopped is not None:
+                        break
                 session.close()
         except KeyboardInterrupt:
             raise session.interrupted() from None
@@ -208,6 +211,7 @@ class _Session:
         self.last_saved: Path | None = None  # its weights file, once this session saved one
         self.bar = tqdm(disable=True)  # the real bar starts with the first step
         self.recent: deque[float] = deque(maxlen=20)  # running mean shown on the bar
+        self.stopped: dict[str, Any] | None = None  # why --stop-diverged ended the run early
 
     @classmethod
     def start(
@@ -358,8 +362,11 @@ class _Session:
             or (config.sync_check_every and step % config.sync_check_every == 0)
         ):
             processes.check_in_sync(self.named, step)
-        if self.eval_due(step) and processes.is_main:
-            self.evaluate_dev(step)
+        if self.eval_due(step):
+            if processes.is_main:
+                self.evaluate_dev(step)
+            if config.stop_diverged:
+                self.stop_if_diverged(step)
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             self.save()
         self.bar.update(1)
@@ -367,6 +374,22 @@ class _Session:
         mean = sum(self.recent) / max(len(self.recent), 1)
         self.bar.set_postfix({"loss": f"{mean:.4f}", "dev": dev})
         return loss
+
+    def stop_if_diverged(self, step: int) -> None:
+        """--stop-diverged: end the run at this evaluation when it has diverged. Process 0
+        decides (it alone evaluates) and every process learns it, so all stop together."""
+        reason = None
+        if self.processes.is_main and self.state.last_dev is not None:
+            reason = divergence(
+                self.state.last_dev,
+                self.state.zero_shot["dev"],
+                self.run.metric,
+                self.config.stop_diverged,
+            )
+        reason = self.processes.broadcast(reason, "sharing whether the run diverged")
+        if reason is not None:
+            self.stopped = {"step": step, "reason": reason}
+            self.say(f"\nstopped at step {step} of {self.config.steps}: {reason}")
 
     def save(self) -> Path:
         if not self.processes.is_main:  # process 0 writes the checkpoint
@@ -432,7 +455,8 @@ class _Session:
         self.log.close()
         final = {"dev": state.best_metrics or {}, "test": final_test}
         summary = run_summary(run, state, final, best_step, tested_step) | {
-            "test_report": report.to_json()
+            "stopped_early": self.stopped,
+            "test_report": report.to_json(),
         }
         write_json(run_dir / SUMMARY, summary)
         line = comparison(
@@ -565,6 +589,29 @@ def _output_names(generations: str = GENERATIONS) -> dict[str, str]:
         "generations_file": generations,
         "confusion_plot": CONFUSION_PLOT,
     }
+
+
+def divergence(
+    dev: dict[str, float], zero_shot: dict[str, float], metric: str, factor: float
+) -> str | None:
+    """Why a run whose dev evaluation gave `dev` has diverged, or None while it has not.
+
+    Diverged: a non-finite dev loss, or a dev loss over `factor` times the zero-shot one
+    while the dev metric is no better than zero-shot's. The metric condition spares a run
+    that overfits (first-order AdamW's dev loss climbs while its predictions stay good);
+    the two together say that everything learned is lost and the weights are far off."""
+    loss = dev.get("loss")
+    if loss is None:
+        return None
+    if not math.isfinite(loss):
+        return f"dev loss is {loss}"
+    if loss > factor * zero_shot["loss"] and dev[metric] <= zero_shot[metric]:
+        return (
+            f"dev loss {loss:.4g} is over {factor:g}x the zero-shot {zero_shot['loss']:.4g} "
+            f"and dev {metric} {dev[metric]:.4f} is no better than zero-shot's "
+            f"{zero_shot[metric]:.4f}"
+        )
+    return None
 
 
 def _better(new: dict[str, float], old: dict[str, float] | None, metric: str, select: str) -> bool:
