@@ -405,6 +405,7 @@ class Study:
                         self.failed.add(name)
                         print(f"  {name}: FAILED (exit {code}; see logs/{name}.txt)", flush=True)
                     self.write_report()
+                    print(f"  {self.progress(running)}", flush=True)
         finally:
             # An interrupted study: each run checkpoints its last step (on SIGTERM, as on
             # Ctrl-C) and resumes from it later.
@@ -412,6 +413,18 @@ class Study:
                 process.send_signal(signal.SIGTERM)
             for process, _ in running.values():
                 process.wait()
+
+    def progress(self, running: dict[str, Any]) -> str:
+        """How far the study is: runs finished, under way and still wanted. Wanted counts
+        what is known now; a search that widens, or a rate chosen, adds runs later."""
+        results = self.results()
+        finished = {spec.name for spec in results}
+        under_way = [name for name in running if name not in finished]  # not yet reaped
+        waiting = [s for s in self.wanted(results) if s.name not in running]
+        return (
+            f"{len(results)} runs finished, {len(under_way)} under way, {len(waiting)} more "
+            "wanted now (a search that widens or chooses its rate adds more)"
+        )
 
     def _resuming(self, spec: RunSpec | IclSpec) -> str:
         if isinstance(spec, RunSpec) and list_checkpoints(self.out / spec.name):
@@ -908,7 +921,7 @@ def main(argv: list[str] | None = None) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / COMMAND_FILE).write_text(json.dumps({"argv": argv}, indent=1) + "\n")
         print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
-              f"{args.threads} thread(s) each", flush=True)  # fmt: skip
+              f"{args.threads} thread(s) each; {study.progress({})}", flush=True)  # fmt: skip
         try:
             study.run()
         except KeyboardInterrupt:

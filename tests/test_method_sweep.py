@@ -217,7 +217,9 @@ def commands_run(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if line.startswith("$ ")]
 
 
-def test_a_study_widens_chooses_and_repeats(model_dir: Path, tmp_path: Path) -> None:
+def test_a_study_widens_chooses_and_repeats(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Two arms on a tiny model, one a registered method, one a variant; then the same
     command again runs nothing more."""
     argv, out = tiny_study(
@@ -226,6 +228,11 @@ def test_a_study_widens_chooses_and_repeats(model_dir: Path, tmp_path: Path) -> 
         "--grid", "mezo=1e-4,1e-3",
     )  # fmt: skip
     method_sweep.main(argv)
+    # Progress: at the start the two first-seed searches and nothing else are known; at
+    # the end, the six runs the widened search and the seeds came to.
+    printed = capsys.readouterr().out
+    assert "; 0 runs finished, 0 under way, 3 more wanted now" in printed
+    assert "  6 runs finished, 0 under way, 0 more wanted now" in printed
     study = json.loads((out / "sweep.json").read_text())
     mezo = study["arms"]["mezo"]
     # A two-rate grid always has its winner at an edge: one widening on that side follows.
