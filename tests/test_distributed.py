@@ -198,7 +198,7 @@ def two_processes(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
                 lr=100.0,
                 steps=8,
                 stop_diverged=3,
-            ),  # fmt: skip
+            ),
         }
     )
     jobs.append({"name": "drift", "kind": "drift", "config": {"output_dir": str(folder)}})

@@ -379,9 +379,9 @@ class _Session:
         """--stop-diverged: end the run at this evaluation when it has diverged. Process 0
         decides (it alone evaluates) and every process learns it, so all stop together."""
         reason = None
-        if self.processes.is_main and self.state.last_dev is not None:
+        if self.processes.is_main:  # its evaluation at this step set last_dev
             reason = divergence(
-                self.state.last_dev,
+                self.state.last_dev or {},
                 self.state.zero_shot["dev"],
                 self.run.metric,
                 self.config.stop_diverged,
