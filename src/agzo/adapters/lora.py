@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -36,10 +37,13 @@ def wrap_with_lora(
     alpha: float | None = None,
     targets: Sequence[str] | None = None,
     base_spec: str | None = None,
+    seed: int = 0,
 ) -> nn.Module:
     """`model` with peft LoRA adapters (rank `rank`, scale alpha / rank) on `targets`.
 
-    A target that matches no module is a ValueError naming the model's linear layers.
+    `seed` fixes lora_A's random initialization (lora_B starts at zero), so a run's seed
+    reproduces its adapters. A target that matches no module is a ValueError naming the
+    model's linear layers.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -52,8 +56,13 @@ def wrap_with_lora(
         lora_dropout=0.0,
         bias="none",
     )
+    # peft draws lora_A from the global RNG: seed it inside a fork, so the caller's
+    # random stream is left as it was.
+    cuda_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     try:
-        wrapped = get_peft_model(model, config)
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            wrapped = get_peft_model(model, config)
     except ValueError as error:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                         if isinstance(m, nn.Linear)})  # fmt: skip

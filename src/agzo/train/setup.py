@@ -225,7 +225,12 @@ def load_run(config: TrainConfig, say: Printer | None = None) -> RunData:
             model = cast(
                 PreTrainedModel,  # a peft model forwards every call to the model it wraps
                 wrap_with_lora(
-                    model, config.lora_rank, config.lora_alpha, config.lora_targets, config.model
+                    model,
+                    config.lora_rank,
+                    config.lora_alpha,
+                    config.lora_targets,
+                    config.model,
+                    seed=config.seed,
                 ),
             )
     if config.chat_template or _has_messages(splits):
