@@ -38,6 +38,8 @@ RUNS = {
     "fo-sgd": {"optimizer": "fo-sgd"},
     # Micro-batches within each process: the exact one-step basis sums over both.
     "agzo-K1-accumulate": {"optimizer": "agzo", "power_steps": 1, "accumulate": 2},
+    # Each process builds its own adapters: the run's seed must give them one start.
+    "agzo-lora": {"optimizer": "agzo", "lora_rank": 2},
 }
 
 
