@@ -232,7 +232,7 @@ class TrainConfig:
         default=1,
         metadata=_help("micro-batches per step: the step's loss over N passes (less memory)"),
     )
-    seed: int = field(default=0, metadata=_help("data splits, data order and ZO noise"))
+    seed: int = field(default=0, metadata=_help("data splits, data order, ZO noise and LoRA init"))
     # Data sizes and evaluation.
     # None: the task's own sizes (MeZO protocol 1000/500/1000, dev 100 for CB and COPA,
     # fewer where the files are smaller; 1000/200/200 for generated tasks).
