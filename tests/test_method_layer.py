@@ -15,7 +15,13 @@ from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.core.transforms import adam, chain, momentum, weight_decay
 from agzo.directions import ActivationSampler, GaussianSampler, LowRankSampler
 from agzo.methods import get_method, method_names, methods
-from agzo.seeding import STREAM_LOW_RANK_V, STREAM_PERTURBATION, derive_seed, generator_for
+from agzo.seeding import (
+    STREAM_LOW_RANK_V,
+    STREAM_PERTURBATION,
+    derive_seed,
+    generator_for,
+    seeded_global_rng,
+)
 from agzo.testing import tiny_causal_lm
 from tests.tiny import batch, loss_fn, tiny_model
 
@@ -364,9 +370,9 @@ def test_a_run_is_reproduced_by_its_seed_whatever_the_global_rng(
     from agzo.train import train
 
     def trained(name: str, seed: int, global_seed: int) -> dict[str, torch.Tensor]:
-        torch.manual_seed(global_seed)  # a caller's stream must not reach the run
         config = _layer_run(model_dir, tmp_path / name, seed=seed, save_mode="final", **settings)
-        named = train(config).model.named_parameters()
+        with seeded_global_rng(global_seed):  # a caller's stream must not reach the run
+            named = train(config).model.named_parameters()
         return {n: p.detach().clone() for n, p in named if p.requires_grad}
 
     first, again, other = trained("a", 0, 1), trained("b", 0, 2), trained("c", 1, 1)

@@ -9,7 +9,8 @@ Mixing the integers through a hash keeps neighbouring steps and tensors uncorrel
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -58,3 +59,15 @@ def split_draw(
     if scale != 1.0:
         flat.mul_(scale)
     return [piece[:size] for piece, size in zip(flat.split(padded), sizes)]
+
+
+@contextmanager
+def seeded_global_rng(seed: int, cuda_devices: Sequence[int] = ()) -> Iterator[None]:
+    """Seed the host's global generator (and those of `cuda_devices`) for code that draws
+    from it, such as a module's initialization, and restore the caller's state after."""
+    with torch.random.fork_rng(devices=list(cuda_devices)):
+        # Not torch.manual_seed: it would also reseed every other GPU, outside the fork.
+        torch.default_generator.manual_seed(seed)
+        for index in cuda_devices:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield

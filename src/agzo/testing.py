@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -24,6 +23,8 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+
+from agzo.seeding import seeded_global_rng
 
 __all__ = [
     "TINY_CAUSAL_ARCHS",
@@ -185,9 +186,8 @@ _CAUSAL_CLASSES: dict[str, type[PreTrainedModel]] = {
 
 
 def _build_seeded(model_class: type[PreTrainedModel], config: PretrainedConfig, seed: int) -> Any:
-    # fork_rng: the seed fixes the weights without disturbing the caller's global RNG.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    # The seed fixes the weights without disturbing the caller's global RNG.
+    with seeded_global_rng(seed):
         model = model_class(config)
     return model.eval()
 

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
+
+from agzo.seeding import seeded_global_rng
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -56,15 +57,10 @@ def wrap_with_lora(
         lora_dropout=0.0,
         bias="none",
     )
-    # peft draws lora_A from the global RNG of the device it builds the adapter on: seed
-    # the host's and those of the model's GPUs inside a fork, so the caller's random
-    # streams (other GPUs' included: torch.manual_seed would reach them) stay as they were.
+    # peft draws lora_A from the global RNG of the device it builds the adapter on.
     cuda_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     try:
-        with torch.random.fork_rng(devices=cuda_devices):
-            torch.default_generator.manual_seed(seed)
-            for index in cuda_devices:
-                torch.cuda.default_generators[index].manual_seed(seed)
+        with seeded_global_rng(seed, cuda_devices):
             wrapped = get_peft_model(model, config)
     except ValueError as error:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
