@@ -192,6 +192,12 @@ class RunResult:
     def select(self) -> str:
         return str(self.summary.get("config", {}).get("select", "dev-accuracy"))
 
+    @property
+    def loss_kind(self) -> str | None:
+        """The loss its dev loss is measured in (None: restored without its config)."""
+        loss = self.summary.get("config", {}).get("loss")
+        return None if loss is None else str(loss)
+
     def selection_key(self) -> tuple[float, float]:
         """Smaller is better; a diverged run (NaN) sorts last."""
         metric = self.dev_metric if not math.isnan(self.dev_metric) else -math.inf
@@ -718,6 +724,7 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
     lines = ["Steps to reach MeZO's final and its lowest dev loss (same seed, dev evaluated "
              f"every {study.args.eval_every} steps):", ""]  # fmt: skip
     untimed: set[str] = set()  # arms whose runs were restored without curves
+    other_loss: dict[str, str] = {}  # arms whose dev loss is another loss than MeZO's
     for seed in study.seeds:
         reference = results.get(RunSpec(mezo, plans[mezo].chosen, seed))
         targets = None if reference is None else reference.last_and_lowest_dev_loss()
@@ -732,6 +739,13 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
                 if not result.has_curves:
                     untimed.add(label)
                     continue
+                if None not in (result.loss_kind, reference.loss_kind) and (
+                    result.loss_kind != reference.loss_kind
+                ):
+                    # A language-model loss and the candidates' softmax loss are on
+                    # different scales: reaching one's value says nothing of the other.
+                    other_loss[label] = str(result.loss_kind)
+                    continue
                 step = first_step_reaching(result, target)
                 reached.append(f"{label} {'never' if step is None else step}")
             lines.append(f"- seed {seed}, MeZO's {kind} dev loss {target:.3f}: "
@@ -741,6 +755,9 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
     if untimed:
         labels = ", ".join(label for label in plans if label in untimed)
         lines += ["", f"Not timed (runs restored without curves): {labels}."]
+    if other_loss:
+        labels = ", ".join(f"{arm} ({other_loss[arm]})" for arm in plans if arm in other_loss)
+        lines += ["", f"Not timed (their dev loss is another loss than MeZO's): {labels}."]
     return lines
 
 

@@ -353,6 +353,45 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
     assert (record.root / "sweep.md").read_text() == text + "\n"
 
 
+def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
+    tmp_path: Path,
+) -> None:
+    """A language-model dev loss (about 3 at zero-shot) and the candidates' softmax loss
+    (about 0.5) are different scales: the report must not say the one never reached the
+    other, but name the arm as not comparable."""
+    import gzip
+
+    from study_record import Record
+
+    losses = {"mezo": [0.55, 0.45, 0.40], "agzo": [0.55, 0.42, 0.39], "agzo-lm": [3.2, 0.9, 0.6]}
+    record = Record(tmp_path / "record")
+    for arm, curve in losses.items():
+        kept = record.runs / method_sweep.RunSpec(arm, 1e-5, 0).name
+        kept.mkdir(parents=True)
+        loss_kind = "lm" if arm == "agzo-lm" else "candidates"
+        summary = {"metric": "accuracy", "best_step": 10, "seconds_per_step": 2.0,
+                   "zero_shot": {"test": {"accuracy": 0.7}},
+                   "config": {"loss": loss_kind, "select": "dev-accuracy"},
+                   "final": {"dev": {"accuracy": 0.8, "loss": curve[-1]},
+                             "test": {"accuracy": 0.79}}}  # fmt: skip
+        (kept / "summary.json").write_text(json.dumps(summary))
+        rows = [{"step": 5 * i, "split": "dev", "accuracy": 0.8, "loss": loss}
+                for i, loss in enumerate(curve)]  # fmt: skip
+        with gzip.open(kept / "metrics.jsonl.gz", "wt") as metrics:
+            metrics.writelines(json.dumps(row) + "\n" for row in rows)
+    args = argparse.Namespace(widen=3.0, max_widen=0, icl=0, out=tmp_path / "out", first=[],
+                              task="sst2", model="m", steps=10, eval_every=5,
+                              command="x")  # fmt: skip
+    args.out.mkdir()
+    arms = method_sweep.parse_arms(["agzo-lm=--optimizer agzo --loss lm"])
+    grid = method_sweep.parse_grid(["mezo=1e-5", "agzo=1e-5", "agzo-lm=1e-5"], arms)
+    text = method_sweep.Study(args, arms, grid, [0], record).write_report()
+    assert text is not None
+    assert "- seed 0, MeZO's final dev loss 0.400: mezo 10, agzo 10\n" in text
+    assert "- seed 0, MeZO's lowest dev loss 0.400: mezo 10, agzo 10\n" in text
+    assert "Not timed (their dev loss is another loss than MeZO's): agzo-lm (lm)." in text
+
+
 RECORDS = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study-*"))
 
 
