@@ -761,6 +761,18 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
     return lines
 
 
+def legend_labels(curves: dict[str, tuple[float | None, list[RunResult]]]) -> dict[str, str]:
+    """A legend label per arm shown, such as "agzo lr 3e-05 (3 seeds)". Arms trained on
+    different losses share the training-loss axis, so then each label names its loss."""
+    name_loss = len({runs[0].loss_kind for _, runs in curves.values()}) > 1
+    labels = {}
+    for label, (lr, runs) in curves.items():
+        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+        loss = f"; {runs[0].loss_kind} loss" if name_loss and runs[0].loss_kind else ""
+        labels[label] = f"{label} lr {lr:g} ({seeds}{loss})"
+    return labels
+
+
 def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResult],
          path: Path, window: int = 25) -> None:  # fmt: skip
     import matplotlib
@@ -770,13 +782,13 @@ def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResu
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     metric = "accuracy"
-    for label, plan in plans.items():
-        runs = [r for r in chosen_runs(study, plan, label, results) if r.has_curves]
-        if not runs:
-            continue
+    shown = {label: [r for r in chosen_runs(study, plan, label, results) if r.has_curves]
+             for label, plan in plans.items()}  # fmt: skip
+    shown = {label: runs for label, runs in shown.items() if runs}
+    labels = legend_labels({label: (plans[label].chosen, runs) for label, runs in shown.items()})
+    for label, runs in shown.items():
         metric = runs[0].metric
-        lr = plan.chosen
-        label_text = f"{label} lr {lr:g} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        label_text = labels[label]
         steps, _ = runs[0].curve("train", "loss")
         losses = [smoothed(r.curve("train", "loss")[1], window) for r in runs]
         n = min(len(x) for x in losses)

@@ -385,11 +385,22 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
     args.out.mkdir()
     arms = method_sweep.parse_arms(["agzo-lm=--optimizer agzo --loss lm"])
     grid = method_sweep.parse_grid(["mezo=1e-5", "agzo=1e-5", "agzo-lm=1e-5"], arms)
-    text = method_sweep.Study(args, arms, grid, [0], record).write_report()
+    study = method_sweep.Study(args, arms, grid, [0], record)
+    text = study.write_report()
     assert text is not None
     assert "- seed 0, MeZO's final dev loss 0.400: mezo 10, agzo 10\n" in text
     assert "- seed 0, MeZO's lowest dev loss 0.400: mezo 10, agzo 10\n" in text
     assert "Not timed (their dev loss is another loss than MeZO's): agzo-lm (lm)." in text
+    # The curves share one training-loss axis, so each legend then names its loss.
+    results = study.results()
+    curves = {arm: (1e-5, [results[method_sweep.RunSpec(arm, 1e-5, 0)]]) for arm in losses}
+    assert method_sweep.legend_labels(curves) == {
+        "mezo": "mezo lr 1e-05 (1 seed; candidates loss)",
+        "agzo": "agzo lr 1e-05 (1 seed; candidates loss)",
+        "agzo-lm": "agzo-lm lr 1e-05 (1 seed; lm loss)",
+    }
+    del curves["agzo-lm"]
+    assert method_sweep.legend_labels(curves)["agzo"] == "agzo lr 1e-05 (1 seed)"
 
 
 RECORDS = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study-*"))
