@@ -129,6 +129,8 @@ def test_tasks_lists_every_task(capsys: pytest.CaptureFixture[str]) -> None:
         "agzo --rank 4 --energy 0.9 3e-05, fo-adamw 3e-05"
     )
     assert sst2.endswith(f"[the study's lr: {chosen}]")  # used without --lr
+    rte = next(line for line in lines if line.startswith("rte "))
+    assert rte.endswith("[the study's lr: agzo 0.0001]")
 
 
 def test_ctrl_c_then_resume_from_the_command_line(

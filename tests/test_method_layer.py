@@ -576,7 +576,10 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
         {"options": {"two_sided": True}},
     ):
         assert TrainConfig(task="sst2", **changed).learning_rate == default, changed
-    assert TrainConfig(task="rte").learning_rate == default  # no study choice there yet
+    rte = get_task("rte").chosen_rate("agzo")
+    assert rte is not None and TrainConfig(task="rte").learning_rate == rte
+    mezo_default = get_method("mezo").defaults().lr
+    assert TrainConfig(task="rte", optimizer="mezo").learning_rate == mezo_default  # not yet
     assert TrainConfig(task="sst2", optimizer="mezo").learning_rate == 3e-5  # chosen too
     sgd = get_method("fo-sgd").defaults().lr
     assert TrainConfig(task="sst2", optimizer="fo-sgd").learning_rate == sgd  # not studied
