@@ -49,6 +49,7 @@ benchmarks/study_table.py reads to put several tasks in one table) and OUT/sweep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -59,12 +60,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agzo.methods import get_method
 from agzo.train.checkpoint import list_checkpoints
+from agzo.train.config import paper_loss
 from compare_runs import smoothed  # the sibling script: one smoothing for both reports
 from study_record import Record, read_run_folder
 
@@ -191,12 +194,6 @@ class RunResult:
     @property
     def select(self) -> str:
         return str(self.summary.get("config", {}).get("select", "dev-accuracy"))
-
-    @property
-    def loss_kind(self) -> str | None:
-        """The loss its dev loss is measured in (None: restored without its config)."""
-        loss = self.summary.get("config", {}).get("loss")
-        return None if loss is None else str(loss)
 
     def selection_key(self) -> tuple[float, float]:
         """Smaller is better; a diverged run (NaN) sorts last."""
@@ -529,6 +526,24 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def flag_value(words: list[str], flag: str) -> str | None:
+    """The value the last `flag VALUE` or `flag=VALUE` in `words` gives (argparse's rule)."""
+    value = None
+    for word, following in zip(words, [*words[1:], None], strict=True):
+        if word == flag:
+            value = following
+        elif word.startswith(flag + "="):
+            value = word.partition("=")[2]
+    return value
+
+
+def arm_loss(study: Study, label: str) -> str:
+    """The loss an arm's runs train with, and measure their dev loss in: their --loss, else
+    the task's (as `agzo train` resolves it). Known for runs restored without a config too."""
+    words = [*study.arms[label].train_flags(), *study.args.train_args]
+    return flag_value(words, "--loss") or paper_loss(study.args.task)
+
+
 def reference_mezo_arm(arms: dict[str, Arm]) -> str | None:
     """The arm that is plain MeZO (no flags beyond the method), else the first MeZO arm:
     a variant such as `mezo-lm` is no reference while MeZO itself runs."""
@@ -739,12 +754,10 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
                 if not result.has_curves:
                     untimed.add(label)
                     continue
-                if None not in (result.loss_kind, reference.loss_kind) and (
-                    result.loss_kind != reference.loss_kind
-                ):
+                if (loss := arm_loss(study, label)) != arm_loss(study, mezo):
                     # A language-model loss and the candidates' softmax loss are on
                     # different scales: reaching one's value says nothing of the other.
-                    other_loss[label] = str(result.loss_kind)
+                    other_loss[label] = loss
                     continue
                 step = first_step_reaching(result, target)
                 reached.append(f"{label} {'never' if step is None else step}")
@@ -761,15 +774,15 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
     return lines
 
 
-def legend_labels(curves: dict[str, tuple[float | None, list[RunResult]]]) -> dict[str, str]:
-    """A legend label per arm shown, such as "agzo lr 3e-05 (3 seeds)". Arms trained on
-    different losses share the training-loss axis, so then each label names its loss."""
-    name_loss = len({runs[0].loss_kind for _, runs in curves.values()}) > 1
+def legend_labels(curves: dict[str, tuple[float | None, int, str]]) -> dict[str, str]:
+    """A legend label per arm shown (its rate, how many seeds, its loss), such as "agzo lr
+    3e-05 (3 seeds)". Arms trained on different losses share the training-loss axis, so
+    then each label names its loss."""
+    name_loss = len({loss for _, _, loss in curves.values()}) > 1
     labels = {}
-    for label, (lr, runs) in curves.items():
-        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
-        loss = f"; {runs[0].loss_kind} loss" if name_loss and runs[0].loss_kind else ""
-        labels[label] = f"{label} lr {lr:g} ({seeds}{loss})"
+    for label, (lr, n_seeds, loss) in curves.items():
+        seeds = f"{n_seeds} seed{'s' if n_seeds > 1 else ''}"
+        labels[label] = f"{label} lr {lr:g} ({seeds}{f'; {loss} loss' if name_loss else ''})"
     return labels
 
 
@@ -785,7 +798,12 @@ def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResu
     shown = {label: [r for r in chosen_runs(study, plan, label, results) if r.has_curves]
              for label, plan in plans.items()}  # fmt: skip
     shown = {label: runs for label, runs in shown.items() if runs}
-    labels = legend_labels({label: (plans[label].chosen, runs) for label, runs in shown.items()})
+    labels = legend_labels(
+        {
+            label: (plans[label].chosen, len(runs), arm_loss(study, label))
+            for label, runs in shown.items()
+        }
+    )
     for label, runs in shown.items():
         metric = runs[0].metric
         label_text = labels[label]
@@ -817,15 +835,23 @@ def plot(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResu
 # --------------------------------------------------------------------------- command line
 
 
-def stop_on_signals() -> None:
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
     """Ctrl-C and SIGTERM stop the study through its `finally`, which stops its runs
-    cleanly; SIGINT too when the runner was started with it ignored (`nohup ... &`)."""
+    cleanly; SIGINT too when the runner was started with it ignored (`nohup ... &`). The
+    caller's handlers are back afterwards (main() may be called as a function)."""
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def hold_lock(out: Path) -> None:
@@ -944,7 +970,6 @@ def main(argv: list[str] | None = None) -> None:
     study = Study(args, arms, grid, seeds, record)
     continue_from = args.record or args.out
     if not args.report_only:
-        stop_on_signals()
         hold_lock(args.out)
         for folder in (args.out, args.record) if args.record else (args.out,):
             folder.mkdir(parents=True, exist_ok=True)
@@ -952,7 +977,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
               f"{args.threads} thread(s) each; {study.progress({})}", flush=True)  # fmt: skip
         try:
-            study.run()
+            with stop_on_signals():
+                study.run()
         except KeyboardInterrupt:
             study.write_report()
             print("stopped; the runs saved checkpoints. Continue with: python "

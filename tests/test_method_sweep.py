@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -227,7 +228,10 @@ def test_a_study_widens_chooses_and_repeats(
         "--arm", "agzo-r2=--optimizer agzo --rank 2", "--grid", "agzo-r2=1e-3",
         "--grid", "mezo=1e-4,1e-3",
     )  # fmt: skip
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     method_sweep.main(argv)
+    # Called as a function, the runner leaves the caller's signal handlers as it found them.
+    assert {signum: signal.getsignal(signum) for signum in handlers} == handlers
     # Progress: at the start the two first-seed searches and nothing else are known; at
     # the end, the six runs the widened search and the seeds came to.
     printed = capsys.readouterr().out
@@ -319,7 +323,7 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
         (kept / "summary.json").write_text(json.dumps(summary))
     args = argparse.Namespace(widen=3.0, max_widen=0, icl=0, out=tmp_path / "out", first=[],
                               task="sst2", model="m", steps=10, eval_every=5,
-                              command="x")  # fmt: skip
+                              command="x", train_args=[])  # fmt: skip
     args.out.mkdir()
     arms: dict[str, method_sweep.Arm] = {}
     grid = method_sweep.parse_grid(["agzo=1e-5", "mezo=1e-5", "lozo=1e-5,3e-5"], arms)
@@ -368,10 +372,8 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
     for arm, curve in losses.items():
         kept = record.runs / method_sweep.RunSpec(arm, 1e-5, 0).name
         kept.mkdir(parents=True)
-        loss_kind = "lm" if arm == "agzo-lm" else "candidates"
         summary = {"metric": "accuracy", "best_step": 10, "seconds_per_step": 2.0,
                    "zero_shot": {"test": {"accuracy": 0.7}},
-                   "config": {"loss": loss_kind, "select": "dev-accuracy"},
                    "final": {"dev": {"accuracy": 0.8, "loss": curve[-1]},
                              "test": {"accuracy": 0.79}}}  # fmt: skip
         (kept / "summary.json").write_text(json.dumps(summary))
@@ -381,8 +383,9 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
             metrics.writelines(json.dumps(row) + "\n" for row in rows)
     args = argparse.Namespace(widen=3.0, max_widen=0, icl=0, out=tmp_path / "out", first=[],
                               task="sst2", model="m", steps=10, eval_every=5,
-                              command="x")  # fmt: skip
+                              command="x", train_args=[])  # fmt: skip
     args.out.mkdir()
+    # The loss is the arm's (--loss, else the task's): runs restored without a config too.
     arms = method_sweep.parse_arms(["agzo-lm=--optimizer agzo --loss lm"])
     grid = method_sweep.parse_grid(["mezo=1e-5", "agzo=1e-5", "agzo-lm=1e-5"], arms)
     study = method_sweep.Study(args, arms, grid, [0], record)
@@ -392,8 +395,7 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
     assert "- seed 0, MeZO's lowest dev loss 0.400: mezo 10, agzo 10\n" in text
     assert "Not timed (their dev loss is another loss than MeZO's): agzo-lm (lm)." in text
     # The curves share one training-loss axis, so each legend then names its loss.
-    results = study.results()
-    curves = {arm: (1e-5, [results[method_sweep.RunSpec(arm, 1e-5, 0)]]) for arm in losses}
+    curves = {arm: (1e-5, 1, method_sweep.arm_loss(study, arm)) for arm in losses}
     assert method_sweep.legend_labels(curves) == {
         "mezo": "mezo lr 1e-05 (1 seed; candidates loss)",
         "agzo": "agzo lr 1e-05 (1 seed; candidates loss)",
@@ -401,6 +403,12 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
     }
     del curves["agzo-lm"]
     assert method_sweep.legend_labels(curves)["agzo"] == "agzo lr 1e-05 (1 seed)"
+    # A --loss after `--` reaches every arm; the last one given wins, as in argparse.
+    args.train_args = ["--loss=lm"]
+    assert {method_sweep.arm_loss(study, arm) for arm in losses} == {"lm"}
+    assert method_sweep.flag_value(["--loss", "lm", "--loss", "candidates"], "--loss") == (
+        "candidates"
+    )
 
 
 RECORDS = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study-*"))

@@ -591,9 +591,7 @@ class TrainConfig:
         return self.loss if self.loss is not None else self._paper_loss()
 
     def _paper_loss(self) -> str:
-        if self.task == CUSTOM_TASK:
-            return "lm"
-        return str(getattr(get_task(self.task), "paper_loss", "lm"))
+        return paper_loss(self.task)
 
     @property
     def zeroth_order(self) -> bool:
@@ -708,6 +706,14 @@ _SETTING_ALIASES: dict[str, str] = {
     "save_total_limit": "keep_checkpoints",
     "save": "save_mode",
 }
+
+
+def paper_loss(task: str) -> str:
+    """The loss a task trains with when --loss is not given: the one its paper trains with
+    (MeZO's protocol), else (a custom or built-in task) the language-model loss."""
+    if task == CUSTOM_TASK:
+        return "lm"
+    return str(getattr(get_task(task), "paper_loss", "lm"))
 
 
 def suggest_setting(name: str) -> str | None:
