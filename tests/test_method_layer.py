@@ -527,9 +527,10 @@ def test_benchmark_tasks_train_with_their_papers_loss_by_default() -> None:
 def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     """Without --lr, AGZO on SST-2 trains at the study's choice, and so do the arms the
     study chose a rate for (the paper preset, the dominant layer, before and after it is
-    resolved, rank-8 adapters, an adaptive rank); any setting the study did not run
-    (another loss, adapters of another rank or scale, named layers, another option) falls
-    back to the method's default, and a given --lr always wins."""
+    resolved, rank-8 adapters, an adaptive rank, the language-model loss); any setting the
+    study did not run (another loss with a preset, adapters of another rank or scale, named
+    layers, another option) falls back to the method's default, and a given --lr always
+    wins."""
     from agzo.methods import get_method
     from agzo.tasks import get_task
     from agzo.train import TrainConfig
@@ -556,6 +557,9 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     assert lozo is not None and lozo != get_method("lozo").defaults().lr
     assert TrainConfig(task="sst2", optimizer="lozo").learning_rate == lozo
     assert TrainConfig(task="sst2", optimizer="lozo", loss="lm").learning_rate != lozo
+    lm = get_task("sst2").chosen_rate("agzo --loss lm")
+    assert lm is not None and TrainConfig(task="sst2", loss="lm").study_setting == "agzo --loss lm"
+    assert TrainConfig(task="sst2", loss="lm").learning_rate == lm
     for given in ({"rank": 4, "energy": 0.9}, {"energy": 0.9, "rank": 4}):  # any order
         config = TrainConfig(task="sst2", options=given)
         assert config.study_setting == "agzo --rank 4 --energy 0.9"
@@ -565,7 +569,6 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     one_sided = TrainConfig(task="sst2", preset="paper", options={"two_sided": False})
     assert one_sided.learning_rate == paper
     for changed in (
-        {"loss": "lm"},
         {"preset": "paper", "loss": "lm"},
         {"lora_rank": 4},  # the study ran rank 8 only
         {"lora_rank": 8, "lora_alpha": 32},

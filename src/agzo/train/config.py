@@ -555,19 +555,19 @@ class TrainConfig:
 
     @property
     def study_setting(self) -> str | None:
-        """This run as the study names its arms: the method, then a preset, `--layers
-        dominant`, `--lora-rank R` and the method options given that differ from the
-        arm's own values, in the method's order ("agzo --preset paper", "agzo --rank 4
-        --energy 0.9"), when the rest is as the study ran it: the task's own loss, peft's
-        default LoRA scale and targets. None for a custom task, named layers or another
-        loss."""
+        """This run as the study names its arms: the method, then a loss other than the
+        task's own, a preset, `--layers dominant`, `--lora-rank R` and the method options
+        given that differ from the arm's own values, in the method's order ("agzo --loss
+        lm", "agzo --preset paper", "agzo --rank 4 --energy 0.9"), when the rest is as the
+        study ran it: peft's default LoRA scale and targets. None for a custom task or
+        named layers."""
         if self.task not in available_tasks():  # a custom task (or an unknown one)
-            return None
-        if self.loss not in (None, self._paper_loss()):
             return None
         if self.lora_alpha is not None or self.lora_targets:
             return None
         flags = [self.optimizer]
+        if self.loss not in (None, self._paper_loss()):
+            flags.append(f"--loss {self.loss}")
         if self.preset is not None:
             flags.append(f"--preset {self.preset}")
         if self.layers is not None:
