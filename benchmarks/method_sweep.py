@@ -740,6 +740,7 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
              f"every {study.args.eval_every} steps):", ""]  # fmt: skip
     untimed: set[str] = set()  # arms whose runs were restored without curves
     other_loss: dict[str, str] = {}  # arms whose dev loss is another loss than MeZO's
+    mezo_loss = arm_loss(study, mezo)
     for seed in study.seeds:
         reference = results.get(RunSpec(mezo, plans[mezo].chosen, seed))
         targets = None if reference is None else reference.last_and_lowest_dev_loss()
@@ -754,7 +755,7 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
                 if not result.has_curves:
                     untimed.add(label)
                     continue
-                if (loss := arm_loss(study, label)) != arm_loss(study, mezo):
+                if (loss := arm_loss(study, label)) != mezo_loss:
                     # A language-model loss and the candidates' softmax loss are on
                     # different scales: reaching one's value says nothing of the other.
                     other_loss[label] = loss

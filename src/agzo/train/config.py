@@ -566,7 +566,7 @@ class TrainConfig:
         if self.lora_alpha is not None or self.lora_targets:
             return None
         flags = [self.optimizer]
-        if self.loss not in (None, self._paper_loss()):
+        if self.loss not in (None, paper_loss(self.task)):
             flags.append(f"--loss {self.loss}")
         if self.preset is not None:
             flags.append(f"--preset {self.preset}")
@@ -588,10 +588,7 @@ class TrainConfig:
     def loss_kind(self) -> str:
         """The loss trained: --loss if given, else the one the task's paper trains with
         (MeZO's protocol), else the language-model loss."""
-        return self.loss if self.loss is not None else self._paper_loss()
-
-    def _paper_loss(self) -> str:
-        return paper_loss(self.task)
+        return self.loss if self.loss is not None else paper_loss(self.task)
 
     @property
     def zeroth_order(self) -> bool:
