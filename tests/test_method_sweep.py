@@ -1,4 +1,5 @@
-"""The study runner (benchmarks/method_sweep.py): grid widening, resumption, the report."""
+"""The study runner (benchmarks/method_sweep.py and its study_* modules): grid widening,
+resumption, the report."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import method_sweep  # noqa: E402
-from method_sweep import FAILED, plan_arm  # noqa: E402
+import study_report  # noqa: E402
+import study_scheduler  # noqa: E402
+import study_search  # noqa: E402
+from study_search import FAILED, plan_arm  # noqa: E402
 
 
 def keys_from_accuracy(accuracy: dict[float, float]) -> dict[float, tuple[float, float]]:
@@ -75,10 +79,10 @@ def test_a_grid_whose_rates_all_tie_on_dev_chooses_none_and_widens_nowhere() -> 
 
 
 def test_runs_that_keep_the_lowest_dev_loss_choose_their_rate_by_dev_loss() -> None:
-    def result(accuracy: float, loss: float, select: str) -> method_sweep.RunResult:
+    def result(accuracy: float, loss: float, select: str) -> study_search.RunResult:
         summary = {"metric": "accuracy", "config": {"select": select},
                    "final": {"dev": {"accuracy": accuracy, "loss": loss}}}  # fmt: skip
-        return method_sweep.RunResult(method_sweep.RunSpec("mezo", 1e-6, 0), summary, [])
+        return study_search.RunResult(study_search.RunSpec("mezo", 1e-6, 0), summary, [])
 
     for select, higher_accuracy_wins in (("dev-loss", False), ("dev-accuracy", True)):
         accurate, low_loss = result(0.8, 0.6, select), result(0.7, 0.5, select)
@@ -91,72 +95,72 @@ def test_the_reported_step_time_is_the_median_step_not_the_wall_time() -> None:
     """A run paused for minutes in one step (SIGSTOP) reports its ordinary step time."""
     steps = [{"split": "train", "step": i, "step_time": t} for i, t in enumerate([2.0, 3.0, 600.0])]
     evaluation = {"split": "dev", "step": 2, "accuracy": 0.5}
-    result = method_sweep.RunResult(
-        method_sweep.RunSpec("agzo", 1e-5, 0), {"seconds_per_step": 201.7}, [*steps, evaluation]
+    result = study_search.RunResult(
+        study_search.RunSpec("agzo", 1e-5, 0), {"seconds_per_step": 201.7}, [*steps, evaluation]
     )
     assert result.median_step_seconds == 3.0
-    assert math.isnan(method_sweep.RunResult(result.spec, {}, []).median_step_seconds)
+    assert math.isnan(study_search.RunResult(result.spec, {}, []).median_step_seconds)
 
 
 def test_a_run_stopped_as_diverged_says_where_beside_its_best_step() -> None:
-    spec = method_sweep.RunSpec("lozo", 9e-5, 0)
+    spec = study_search.RunSpec("lozo", 9e-5, 0)
     summary = {"best_step": 100, "stopped_early": {"step": 300, "reason": "dev loss 9"}}
-    stopped = method_sweep.RunResult(spec, summary, [])
-    assert method_sweep.best_step_text(stopped) == "100 (stopped at 300: diverged)"
-    full = method_sweep.RunResult(spec, {"best_step": 100, "stopped_early": None}, [])
-    assert method_sweep.best_step_text(full) == "100"
+    stopped = study_search.RunResult(spec, summary, [])
+    assert study_report.best_step_text(stopped) == "100 (stopped at 300: diverged)"
+    full = study_search.RunResult(spec, {"best_step": 100, "stopped_early": None}, [])
+    assert study_report.best_step_text(full) == "100"
 
 
 def test_the_reference_mezo_arm_is_plain_mezo_even_after_a_variant() -> None:
     arms = {
-        "mezo-lm": method_sweep.Arm("mezo-lm", "mezo", ("--optimizer", "mezo", "--loss", "lm")),
-        "agzo": method_sweep.Arm("agzo", "agzo", ()),
-        "mezo": method_sweep.Arm("mezo", "mezo", ()),
+        "mezo-lm": study_search.Arm("mezo-lm", "mezo", ("--optimizer", "mezo", "--loss", "lm")),
+        "agzo": study_search.Arm("agzo", "agzo", ()),
+        "mezo": study_search.Arm("mezo", "mezo", ()),
     }
-    assert method_sweep.reference_mezo_arm(arms) == "mezo"
+    assert study_report.reference_mezo_arm(arms) == "mezo"
     del arms["mezo"]
-    assert method_sweep.reference_mezo_arm(arms) == "mezo-lm"
-    assert method_sweep.reference_mezo_arm({"agzo": arms["agzo"]}) is None
+    assert study_report.reference_mezo_arm(arms) == "mezo-lm"
+    assert study_report.reference_mezo_arm({"agzo": arms["agzo"]}) is None
 
 
 def test_the_dev_curves_follow_each_arms_chosen_or_leading_first_seed_run() -> None:
-    def run(arm: str, lr: float, seed: int, accuracies: list[float]) -> method_sweep.RunResult:
+    def run(arm: str, lr: float, seed: int, accuracies: list[float]) -> study_search.RunResult:
         records = [{"split": "dev", "step": 10 * i, "accuracy": a, "loss": 1 - a}
                    for i, a in enumerate(accuracies)]  # fmt: skip
         best = max(accuracies)
         summary = {"metric": "accuracy", "final": {"dev": {"accuracy": best, "loss": 1 - best}}}
-        return method_sweep.RunResult(method_sweep.RunSpec(arm, lr, seed), summary, records)
+        return study_search.RunResult(study_search.RunSpec(arm, lr, seed), summary, records)
 
     runs = [run("agzo", 1e-5, 0, [0.5, 0.6]), run("agzo", 3e-5, 0, [0.5, 0.7]),
             run("agzo", 3e-5, 1, [0.5, 0.9]),  # another seed: never the curve shown
             run("mezo", 1e-5, 0, [0.5, 0.8]), run("mezo", 3e-5, 0, [0.5, 0.55])]  # fmt: skip
     results = {r.spec: r for r in runs}
-    study = method_sweep.Study(argparse.Namespace(), {}, {}, [0, 1])
+    study = study_scheduler.Study(argparse.Namespace(), {}, {}, [0, 1])
     plans = {  # MeZO's search has chosen its lower rate; AGZO's goes on
-        "agzo": method_sweep.ArmPlan([1e-5, 3e-5, 1e-4], [1e-4], None, False),
-        "mezo": method_sweep.ArmPlan([3e-6, 1e-5, 3e-5], [], 1e-5, False),
-        "lozo": method_sweep.ArmPlan([1e-5], [1e-5], None, False),  # nothing finished
+        "agzo": study_search.ArmPlan([1e-5, 3e-5, 1e-4], [1e-4], None, False),
+        "mezo": study_search.ArmPlan([3e-6, 1e-5, 3e-5], [], 1e-5, False),
+        "lozo": study_search.ArmPlan([1e-5], [1e-5], None, False),  # nothing finished
     }
-    lines = method_sweep.dev_curves(study, plans, results)
+    lines = study_report.dev_curves(study, plans, results)
     assert lines[2] == "| step | agzo 3e-05 (searching) | mezo 1e-05 |"
     assert lines[4:] == ["| 0 | 0.500 / 0.500 | 0.500 / 0.500 |",
                          "| 10 | 0.700 / 0.300 | 0.800 / 0.200 |"]  # fmt: skip
-    assert method_sweep.dev_curves(study, {"lozo": plans["lozo"]}, results) == []
+    assert study_report.dev_curves(study, {"lozo": plans["lozo"]}, results) == []
 
 
 def test_middle_out_order_and_run_names_round_trip() -> None:
-    assert method_sweep._middle_out([1.0, 2.0, 3.0, 4.0, 5.0]) == [3.0, 2.0, 4.0, 1.0, 5.0]
-    spec = method_sweep.RunSpec("agzo-paper", 3e-6, 2)
-    assert method_sweep._spec_from_name("agzo-paper", spec.name) == spec
-    assert method_sweep._spec_from_name("agzo", spec.name) is None
+    assert study_scheduler._middle_out([1.0, 2.0, 3.0, 4.0, 5.0]) == [3.0, 2.0, 4.0, 1.0, 5.0]
+    spec = study_search.RunSpec("agzo-paper", 3e-6, 2)
+    assert study_scheduler._spec_from_name("agzo-paper", spec.name) == spec
+    assert study_scheduler._spec_from_name("agzo", spec.name) is None
 
 
 def test_first_arms_finish_their_study_before_the_others_start(tmp_path: Path) -> None:
-    args = method_sweep.argparse.Namespace(widen=3.0, max_widen=1, icl=0, out=tmp_path,
+    args = argparse.Namespace(widen=3.0, max_widen=1, icl=0, out=tmp_path,
                                            first=["mezo"])  # fmt: skip
     arms = {}
-    grid = method_sweep.parse_grid(["agzo=1e-5,3e-5,1e-4", "mezo=1e-6,3e-6"], arms)
-    study = method_sweep.Study(args, arms, grid, [0, 1])
+    grid = study_search.parse_grid(["agzo=1e-5,3e-5,1e-4", "mezo=1e-6,3e-6"], arms)
+    study = study_scheduler.Study(args, arms, grid, [0, 1])
     names = [spec.name for spec in study.wanted({})]
     assert names[:2] == ["mezo-lr1e-06-seed0", "mezo-lr3e-06-seed0"]
     assert names[2:] == ["agzo-lr3e-05-seed0", "agzo-lr1e-05-seed0", "agzo-lr0.0001-seed0"]
@@ -187,13 +191,13 @@ def test_continue_may_change_how_runs_share_the_machine_only(tmp_path: Path) -> 
 
 def test_bad_arms_and_grids_exit_with_one_line() -> None:
     with pytest.raises(SystemExit, match="unknown"):
-        method_sweep.parse_grid(["nosuch=1e-5"], {})
+        study_search.parse_grid(["nosuch=1e-5"], {})
     with pytest.raises(SystemExit, match="sets --lr"):
-        method_sweep.parse_arms(["x=--optimizer agzo --lr 1e-3"])
+        study_search.parse_arms(["x=--optimizer agzo --lr 1e-3"])
     with pytest.raises(SystemExit, match="no --grid"):
-        method_sweep.parse_grid(["mezo=1e-6"], method_sweep.parse_arms(["p=--optimizer agzo"]))
+        study_search.parse_grid(["mezo=1e-6"], study_search.parse_arms(["p=--optimizer agzo"]))
     with pytest.raises(SystemExit, match="positive"):
-        method_sweep.parse_grid(["mezo=0"], {})
+        study_search.parse_grid(["mezo=0"], {})
 
 
 def tiny_study(model_dir: Path, tmp_path: Path, *flags: str) -> tuple[list[str], Path]:
@@ -314,7 +318,7 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
     }  # fmt: skip
     record = Record(tmp_path / "record")
     for (arm, lr, seed), (dev, loss) in summaries.items():
-        kept = record.runs / method_sweep.RunSpec(arm, lr, seed).name
+        kept = record.runs / study_search.RunSpec(arm, lr, seed).name
         kept.mkdir(parents=True)
         summary = {"metric": "accuracy", "best_step": 10, "seconds_per_step": 2.0,
                    "median_step_seconds": 1.5, "zero_shot": {"test": {"accuracy": 0.7}},
@@ -325,9 +329,9 @@ def test_a_run_restored_without_curves_counts_as_finished_and_says_so(tmp_path: 
                               task="sst2", model="m", steps=10, eval_every=5,
                               command="x", train_args=[])  # fmt: skip
     args.out.mkdir()
-    arms: dict[str, method_sweep.Arm] = {}
-    grid = method_sweep.parse_grid(["agzo=1e-5", "mezo=1e-5", "lozo=1e-5,3e-5"], arms)
-    study = method_sweep.Study(args, arms, grid, [0, 1], record)
+    arms: dict[str, study_search.Arm] = {}
+    grid = study_search.parse_grid(["agzo=1e-5", "mezo=1e-5", "lozo=1e-5,3e-5"], arms)
+    study = study_scheduler.Study(args, arms, grid, [0, 1], record)
     results = study.results()
     assert len(results) == 6 and study.wanted(results) == []  # the tied arm wants no seeds
     text = study.write_report()
@@ -370,7 +374,7 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
     losses = {"mezo": [0.55, 0.45, 0.40], "agzo": [0.55, 0.42, 0.39], "agzo-lm": [3.2, 0.9, 0.6]}
     record = Record(tmp_path / "record")
     for arm, curve in losses.items():
-        kept = record.runs / method_sweep.RunSpec(arm, 1e-5, 0).name
+        kept = record.runs / study_search.RunSpec(arm, 1e-5, 0).name
         kept.mkdir(parents=True)
         summary = {"metric": "accuracy", "best_step": 10, "seconds_per_step": 2.0,
                    "zero_shot": {"test": {"accuracy": 0.7}},
@@ -386,27 +390,27 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
                               command="x", train_args=[])  # fmt: skip
     args.out.mkdir()
     # The loss is the arm's (--loss, else the task's): runs restored without a config too.
-    arms = method_sweep.parse_arms(["agzo-lm=--optimizer agzo --loss lm"])
-    grid = method_sweep.parse_grid(["mezo=1e-5", "agzo=1e-5", "agzo-lm=1e-5"], arms)
-    study = method_sweep.Study(args, arms, grid, [0], record)
+    arms = study_search.parse_arms(["agzo-lm=--optimizer agzo --loss lm"])
+    grid = study_search.parse_grid(["mezo=1e-5", "agzo=1e-5", "agzo-lm=1e-5"], arms)
+    study = study_scheduler.Study(args, arms, grid, [0], record)
     text = study.write_report()
     assert text is not None
     assert "- seed 0, MeZO's final dev loss 0.400: mezo 10, agzo 10\n" in text
     assert "- seed 0, MeZO's lowest dev loss 0.400: mezo 10, agzo 10\n" in text
     assert "Not timed (their dev loss is another loss than MeZO's): agzo-lm (lm)." in text
     # The curves share one training-loss axis, so each legend then names its loss.
-    curves = {arm: (1e-5, 1, method_sweep.arm_loss(study, arm)) for arm in losses}
-    assert method_sweep.legend_labels(curves) == {
+    curves = {arm: (1e-5, 1, study_report.arm_loss(study, arm)) for arm in losses}
+    assert study_report.legend_labels(curves) == {
         "mezo": "mezo lr 1e-05 (1 seed; candidates loss)",
         "agzo": "agzo lr 1e-05 (1 seed; candidates loss)",
         "agzo-lm": "agzo-lm lr 1e-05 (1 seed; lm loss)",
     }
     del curves["agzo-lm"]
-    assert method_sweep.legend_labels(curves)["agzo"] == "agzo lr 1e-05 (1 seed)"
+    assert study_report.legend_labels(curves)["agzo"] == "agzo lr 1e-05 (1 seed)"
     # A --loss after `--` reaches every arm; the last one given wins, as in argparse.
     args.train_args = ["--loss=lm"]
-    assert {method_sweep.arm_loss(study, arm) for arm in losses} == {"lm"}
-    assert method_sweep.flag_value(["--loss", "lm", "--loss", "candidates"], "--loss") == (
+    assert {study_report.arm_loss(study, arm) for arm in losses} == {"lm"}
+    assert study_report.flag_value(["--loss", "lm", "--loss", "candidates"], "--loss") == (
         "candidates"
     )
 
