@@ -41,7 +41,8 @@ OUT is scratch space, lost with its machine. `--record DIR` names a folder to co
 report are kept there too, so `--continue DIR` on a fresh checkout reads the finished runs
 from it and trains only what is missing (a run cut off with OUT starts over, in full).
 
-Writes, after every finished run: OUT/sweep.md (search and seed tables), OUT/sweep.json (what
+Writes, after every finished run: OUT/sweep.md (search and seed tables, and each chosen rate's
+lead over the next best on dev, in dev examples), OUT/sweep.json (what
 benchmarks/study_table.py reads to put several tasks in one table) and OUT/sweep.png
 (training loss and dev metric of each arm's chosen rate, mean over seeds).
 """

@@ -192,6 +192,8 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
                 f"{result.test_metric:.3f} | {best_step_text(result)} | "
                 f"{result.median_step_seconds:.2f} |"
             )
+    if margins := choice_margins(study, plans, results):
+        lines += ["", *margins]
     lines += [
         "",
         f"Every seed (test {metric}; the arms at their chosen rate, best-on-dev weights):",
@@ -224,6 +226,42 @@ def report(study: Study, results: dict[RunSpec, RunResult], plans: dict[str, Arm
     if steps := steps_to_mezo(study, plans, results):
         lines += ["", *steps]
     return "\n".join(lines)
+
+
+def choice_margins(study: Study, plans: dict[str, ArmPlan],
+                   results: dict[RunSpec, RunResult]) -> list[str]:  # fmt: skip
+    """Markdown: by how much each chosen rate led the next best rate of its search on dev,
+    in the measure that chose it (and in dev examples for accuracy). A lead of a few
+    examples is inside the dev set's own noise: the protocol still chooses by it, and
+    this says how much that choice rests on."""
+    # Summaries written before runs recorded their dev size share it with the study's
+    # newer ones (one task, one split): take the study's when its runs agree on one.
+    dev_sizes = {r.summary["final"]["dev"].get("n_examples") for r in results.values()} - {None}
+    study_dev_size = dev_sizes.pop() if len(dev_sizes) == 1 else None
+    lines = []
+    for label, plan in plans.items():
+        searched = [results[s] for lr in plan.rates
+                    if (s := RunSpec(label, lr, study.seeds[0])) in results]  # fmt: skip
+        ranked = sorted(searched, key=lambda r: (r.selection_key(), r.spec.lr))
+        if plan.chosen is None or len(ranked) < 2 or ranked[0].spec.lr != plan.chosen:
+            continue
+        best, next_best = ranked[:2]
+        lead = best.dev_metric - next_best.dev_metric
+        if best.select == "dev-loss":
+            text = f"dev loss {best.dev_loss:.3f} against {next_best.dev_loss:.3f}"
+        elif lead == 0:
+            text = (f"level on dev {best.metric}; the lower dev loss decided "
+                    f"({best.dev_loss:.3f} against {next_best.dev_loss:.3f})")  # fmt: skip
+        else:
+            text = f"ahead by {lead:.3f} dev {best.metric}"
+            n_dev = best.summary["final"]["dev"].get("n_examples", study_dev_size)
+            if best.metric == "accuracy" and n_dev:
+                text += f", {round(lead * n_dev)} of {int(n_dev)} examples"
+        lines.append(f"- {label}: {plan.chosen:g} over {next_best.spec.lr:g}: {text}")
+    if not lines:
+        return []
+    return [f"How far each chosen rate led the next best on dev (seed {study.seeds[0]}):",
+            "", *lines]  # fmt: skip
 
 
 def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],

@@ -148,6 +148,54 @@ def test_the_dev_curves_follow_each_arms_chosen_or_leading_first_seed_run() -> N
     assert study_report.dev_curves(study, {"lozo": plans["lozo"]}, results) == []
 
 
+def test_the_report_says_by_how_many_dev_examples_each_chosen_rate_led() -> None:
+    def run(
+        arm: str, lr: float, accuracy: float, loss: float,
+        n_dev: int | None = None, select: str = "dev-accuracy",
+    ) -> study_search.RunResult:  # fmt: skip
+        dev: dict[str, float] = {"accuracy": accuracy, "loss": loss}
+        if n_dev is not None:
+            dev["n_examples"] = n_dev
+        summary = {"metric": "accuracy", "final": {"dev": dev}, "config": {"select": select}}
+        return study_search.RunResult(study_search.RunSpec(arm, lr, 0), summary, [])
+
+    runs = [
+        run("agzo", 1e-5, 0.780, 0.50), run("agzo", 3e-5, 0.792, 0.45, n_dev=500),
+        run("agzo", 1e-4, 0.700, 0.60),
+        run("mezo", 1e-5, 0.800, 0.52), run("mezo", 3e-5, 0.800, 0.48),  # level: loss decides
+        run("lozo", 1e-5, 0.75, 0.40, select="dev-loss"),
+        run("lozo", 3e-5, 0.79, 0.42, select="dev-loss"),
+        run("zo-act", 1e-3, 0.81, 0.40),  # a search of one rate: nothing to lead
+    ]  # fmt: skip
+    results = {r.spec: r for r in runs}
+    plans = {
+        "agzo": study_search.ArmPlan([1e-5, 3e-5, 1e-4], [], 3e-5, False),
+        "mezo": study_search.ArmPlan([1e-5, 3e-5], [], 3e-5, True),
+        "lozo": study_search.ArmPlan([1e-5, 3e-5], [], 1e-5, True),
+        "zo-act": study_search.ArmPlan([1e-3], [], 1e-3, True),
+        "fo-adamw": study_search.ArmPlan([1e-5, 3e-5], [3e-5], None, False),  # searching
+    }
+    study = study_scheduler.Study(argparse.Namespace(), {}, {}, [0, 1])
+    lines = study_report.choice_margins(study, plans, results)
+    assert lines == [
+        "How far each chosen rate led the next best on dev (seed 0):",
+        "",
+        # Runs that do not record their dev size take the one the study's runs agree on.
+        "- agzo: 3e-05 over 1e-05: ahead by 0.012 dev accuracy, 6 of 500 examples",
+        "- mezo: 3e-05 over 1e-05: level on dev accuracy; the lower dev loss decided "
+        "(0.480 against 0.520)",
+        "- lozo: 1e-05 over 3e-05: dev loss 0.400 against 0.420",
+    ]
+    # Runs that disagree on the dev size: a run without its own is given none.
+    runs[0] = run("agzo", 1e-5, 0.780, 0.50, n_dev=500)
+    runs[1] = run("agzo", 3e-5, 0.792, 0.45)
+    runs.append(run("zo-act", 3e-4, 0.7, 0.5, n_dev=200))
+    results = {r.spec: r for r in runs}
+    assert study_report.choice_margins(study, plans, results)[2] == (
+        "- agzo: 3e-05 over 1e-05: ahead by 0.012 dev accuracy"
+    )
+
+
 def test_middle_out_order_and_run_names_round_trip() -> None:
     assert study_scheduler._middle_out([1.0, 2.0, 3.0, 4.0, 5.0]) == [3.0, 2.0, 4.0, 1.0, 5.0]
     spec = study_search.RunSpec("agzo-paper", 3e-6, 2)
