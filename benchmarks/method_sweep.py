@@ -22,7 +22,8 @@ variant named by `--arm LABEL="agzo train flags"` (a preset, `--layers dominant`
    the data order, as `agzo train --seed` does).
 
 With --icl K the in-context baseline (`agzo eval --demonstrations K`) is evaluated for every
-seed; the zero-shot row comes from the runs themselves.
+seed, after every training run, or taking its turns with the --first arms when --first names
+it (`icl`); the zero-shot row comes from the runs themselves.
 
 Each run is a plain `agzo train` in its own process, up to --jobs at once, each limited to
 --threads threads (several multi-threaded runs on few cores slow each other several-fold).
@@ -62,7 +63,7 @@ from typing import Any
 
 from study_record import Record
 from study_scheduler import Study
-from study_search import parse_arms, parse_grid
+from study_search import IN_CONTEXT, parse_arms, parse_grid
 
 
 @contextlib.contextmanager
@@ -163,7 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--widen", type=float, default=3.0, help="factor past an edge [3]")
     parser.add_argument("--max-widen", type=int, default=3, help="added rates per side [3]")
     parser.add_argument(
-        "--first", default="", help="ARM[,ARM...]: studied to the end before the other arms"
+        "--first",
+        default="",
+        help=f"ARM[,ARM...]: studied to the end before the other arms ({IN_CONTEXT}: the "
+        "in-context baseline, else last)",
     )
     parser.add_argument("--seeds", default="0,1,2", help="the first seed searches [0,1,2]")
     parser.add_argument("--icl", type=int, default=0, help="in-context baseline: K demos")
@@ -191,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     arms = parse_arms(args.arm)
     grid = parse_grid(args.grid, arms)
     args.first = [label for label in args.first.split(",") if label]
-    unknown = [label for label in args.first if label not in grid]
+    if IN_CONTEXT in args.first and not args.icl:
+        raise SystemExit(f"--first {IN_CONTEXT}: the in-context baseline needs --icl K")
+    unknown = [label for label in args.first if label not in grid and label != IN_CONTEXT]
     if unknown:
         raise SystemExit(f"--first {','.join(unknown)}: no such arm (give each a --grid)")
     seeds = [int(s) for s in args.seeds.split(",")]

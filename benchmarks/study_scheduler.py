@@ -21,6 +21,7 @@ from study_record import Record
 from study_report import plot, report, study_json
 from study_search import (
     FAILED,
+    IN_CONTEXT,
     Arm,
     ArmPlan,
     IclSpec,
@@ -86,7 +87,8 @@ class Study:
     def wanted(self, results: dict[RunSpec, RunResult]) -> list[RunSpec | IclSpec]:
         """Every run the study still needs now, the most informative first: the arms take
         turns, each searching from the middle of its grid outwards, then its seeds; the
-        arms named by --first finish before the others start."""
+        arms named by --first finish before the others start. The in-context baseline
+        comes last, or takes its turns among the --first arms when named there (`icl`)."""
         queues: list[list[RunSpec | IclSpec]] = []
         first: list[list[RunSpec | IclSpec]] = []
         for label, plan in self.plans(results).items():
@@ -97,15 +99,19 @@ class Study:
                 queue += [RunSpec(label, plan.chosen, seed) for seed in self.seeds[1:]]
             queue = [s for s in queue if s not in results and s.name not in self.failed]
             (first if label in self.args.first else queues).append(queue)
+        in_context: list[RunSpec | IclSpec] = []
+        for seed in self.seeds if self.args.icl else []:
+            spec = IclSpec(self.args.icl, seed)
+            if self.icl_result(spec) is None and spec.name not in self.failed:
+                in_context.append(spec)
+        last = [in_context]
+        if IN_CONTEXT in self.args.first:
+            first.append(in_context)
+            last = []
         order: list[RunSpec | IclSpec] = []
-        for tier in (first, queues):  # the --first arms' whole studies before the others
+        for tier in (first, queues, last):  # the --first arms' whole studies before the others
             for turn in range(max((len(q) for q in tier), default=0)):
                 order += [q[turn] for q in tier if turn < len(q)]
-        if self.args.icl:
-            for seed in self.seeds:
-                spec = IclSpec(self.args.icl, seed)
-                if self.icl_result(spec) is None and spec.name not in self.failed:
-                    order.append(spec)
         return order
 
     def run(self) -> None:

@@ -40,6 +40,9 @@ class RunSpec:
         return f"{self.arm}-lr{self.lr:g}-seed{self.seed}"
 
 
+IN_CONTEXT = "icl"  # the in-context baseline's name in --first (no arm may take it)
+
+
 @dataclass(frozen=True)
 class IclSpec:
     """The in-context baseline of one seed (its splits and its drawn demonstrations)."""
@@ -59,6 +62,8 @@ def parse_arms(items: list[str]) -> dict[str, Arm]:
         label = label.strip()
         if not label or "/" in label or label in arms:
             raise SystemExit(f"--arm {item!r}: needs a new label without '/' before '='")
+        if label == IN_CONTEXT:
+            raise SystemExit(f"--arm {item!r}: {IN_CONTEXT!r} names the in-context baseline")
         flags = tuple(shlex.split(flags_text))
         method_name = label
         if "--optimizer" in flags:

@@ -217,6 +217,20 @@ def test_first_arms_finish_their_study_before_the_others_start(tmp_path: Path) -
     assert turns[:3] == ["agzo-lr3e-05-seed0", "mezo-lr1e-06-seed0", "agzo-lr1e-05-seed0"]
 
 
+def test_the_in_context_baseline_comes_last_unless_named_first(tmp_path: Path) -> None:
+    args = argparse.Namespace(widen=3.0, max_widen=1, icl=4, out=tmp_path, first=["mezo"])
+    grid = study_search.parse_grid(["agzo=1e-5,3e-5", "mezo=1e-6,3e-6"], {})
+    study = study_scheduler.Study(args, {}, grid, [0, 1])
+    names = [spec.name for spec in study.wanted({})]
+    assert names[-2:] == ["icl-k4-seed0", "icl-k4-seed1"]
+    args.first = ["mezo", "icl"]  # takes its turns with MeZO, before AGZO
+    names = [spec.name for spec in study.wanted({})]
+    assert names == ["mezo-lr1e-06-seed0", "icl-k4-seed0", "mezo-lr3e-06-seed0",
+                     "icl-k4-seed1", "agzo-lr1e-05-seed0", "agzo-lr3e-05-seed0"]  # fmt: skip
+    (tmp_path / "icl-k4-seed0.json").write_text('{"results": {}}')  # one seed is done
+    assert "icl-k4-seed0" not in [spec.name for spec in study.wanted({})]
+
+
 def test_continue_needs_a_recorded_command(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="command.json not found"):
         method_sweep.main(["--continue", str(tmp_path)])
@@ -246,6 +260,18 @@ def test_bad_arms_and_grids_exit_with_one_line() -> None:
         study_search.parse_grid(["mezo=1e-6"], study_search.parse_arms(["p=--optimizer agzo"]))
     with pytest.raises(SystemExit, match="positive"):
         study_search.parse_grid(["mezo=0"], {})
+    with pytest.raises(SystemExit, match="names the in-context baseline"):
+        study_search.parse_arms(["icl=--optimizer agzo"])
+
+
+def test_first_names_arms_or_the_in_context_baseline(tmp_path: Path) -> None:
+    base = ["--task", "sst2", "--grid", "agzo=1e-5", "--out", str(tmp_path), "--report-only"]
+    with pytest.raises(SystemExit, match="needs --icl K"):
+        method_sweep.main([*base, "--first", "agzo,icl"])
+    with pytest.raises(SystemExit, match="--first lozo: no such arm"):
+        method_sweep.main([*base, "--first", "icl,lozo", "--icl", "4"])
+    with pytest.raises(SystemExit, match="no run finished"):  # accepted: nothing to report
+        method_sweep.main([*base, "--first", "agzo,icl", "--icl", "4"])
 
 
 def tiny_study(model_dir: Path, tmp_path: Path, *flags: str) -> tuple[list[str], Path]:
