@@ -72,6 +72,12 @@ def chosen_runs(study: Study, plan: ArmPlan, label: str,
             if (s := RunSpec(label, plan.chosen, seed)) in results]  # fmt: skip
 
 
+def search_rank(result: RunResult) -> tuple[tuple[float, float], float]:
+    """How a search ranks its finished runs: the selection key, ties to the lower rate
+    (`plan_arm`'s rule)."""
+    return result.selection_key(), result.spec.lr
+
+
 def leading_run(study: Study, plan: ArmPlan, label: str,
                 results: dict[RunSpec, RunResult]) -> RunResult | None:  # fmt: skip
     """The first seed's run at the chosen rate, or while the search goes on, the best
@@ -79,7 +85,7 @@ def leading_run(study: Study, plan: ArmPlan, label: str,
     finished = [r for s, r in results.items() if s.arm == label and s.seed == study.seeds[0]]
     if plan.chosen is not None:
         finished = [r for r in finished if r.spec.lr == plan.chosen]
-    return min(finished, key=lambda r: (r.selection_key(), r.spec.lr), default=None)
+    return min(finished, key=search_rank, default=None)
 
 
 def dev_curves(study: Study, plans: dict[str, ArmPlan],
@@ -242,7 +248,7 @@ def choice_margins(study: Study, plans: dict[str, ArmPlan],
     for label, plan in plans.items():
         searched = [results[s] for lr in plan.rates
                     if (s := RunSpec(label, lr, study.seeds[0])) in results]  # fmt: skip
-        ranked = sorted(searched, key=lambda r: (r.selection_key(), r.spec.lr))
+        ranked = sorted(searched, key=search_rank)
         if plan.chosen is None or len(ranked) < 2 or ranked[0].spec.lr != plan.chosen:
             continue
         best, next_best = ranked[:2]
