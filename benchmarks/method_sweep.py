@@ -29,13 +29,15 @@ Each run is a plain `agzo train` in its own process, up to --jobs at once, each 
 --threads threads (several multi-threaded runs on few cores slow each other several-fold).
 Runs go to OUT/<arm>-lr<rate>-seed<seed>, their output to OUT/logs/. Nothing is lost to an
 interruption: a finished run (summary.json written) is never run again, an unfinished one
-resumes from its last checkpoint (`agzo train --resume`), so the same command continues a
-study where it stopped. Ctrl-C or `kill` (SIGTERM) stops the runner and its runs, each of
-which saves a checkpoint of its last completed step first. `--continue OUT` repeats the
-command that last ran in OUT (kept in OUT/command.json); `--jobs` and `--threads` given
-after it replace the recorded ones (how runs share the machine, never what a run does).
-Checkpoints of finished runs are deleted (--keep-checkpoints keeps them). --report-only
-writes the tables from the finished runs alone. Arguments after `--` go to every run.
+resumes from its last checkpoint (`agzo train --resume`), and an in-context evaluation cut
+off continues from the batches it has scored (`agzo eval --output` journals them), so the
+same command continues a study where it stopped. Ctrl-C or `kill` (SIGTERM) stops the runner
+and its runs, each of which saves a checkpoint of its last completed step first. `--continue
+OUT` repeats the command that last ran in OUT (kept in OUT/command.json); `--jobs` and
+`--threads` given after it replace the recorded ones (how runs share the machine, never what
+a run does). Checkpoints of finished runs are deleted (--keep-checkpoints keeps them).
+--report-only writes the tables from the finished runs alone. Arguments after `--` go to
+every run.
 
 OUT is scratch space, lost with its machine. `--record DIR` names a folder to commit
 (benchmarks/study_record.py): every finished run's summary and metrics, the command and the

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agzo.train.checkpoint import list_checkpoints
+from agzo.train.eval_journal import journal_path
 from study_record import Record
 from study_report import plot, report, study_json
 from study_search import (
@@ -165,6 +166,11 @@ class Study:
     def _resuming(self, spec: RunSpec | IclSpec) -> str:
         if isinstance(spec, RunSpec) and list_checkpoints(self.out / spec.name):
             return " (resuming from its last checkpoint)"
+        if (
+            isinstance(spec, IclSpec)
+            and journal_path(self.out / f"{spec.name}.json", "test").is_file()
+        ):
+            return " (continuing from the batches it has scored)"
         return ""
 
     def launch(self, spec: RunSpec | IclSpec) -> subprocess.Popen[bytes]:

@@ -49,6 +49,7 @@ from agzo.train.config import (
     suggest_setting,
 )
 from agzo.train.errors import TrainError
+from agzo.train.eval_journal import journal_path
 from agzo.train.evaluate_saved import evaluate_splits, saved_settings
 from agzo.train.loop import TrainingInterrupted, train
 from agzo.train.report import write_split_outputs
@@ -178,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument(
         "--batch-size", dest="eval_batch_size", default=argparse.SUPPRESS, metavar="N"
     )
-    eval_parser.add_argument("--output", metavar="FILE", help="also write the metrics as JSON")
+    eval_parser.add_argument(
+        "--output",
+        metavar="FILE",
+        help="also write the metrics as JSON; finished batches are journaled beside FILE "
+        "until then, so the same command run again after an interruption continues",
+    )
     eval_parser.add_argument(
         "--predictions",
         metavar="FILE",
@@ -260,7 +266,19 @@ def _eval(args: argparse.Namespace) -> int:
         if path:
             check_writable_file(Path(path), option)
     splits = ("dev", "test") if args.split == "both" else (args.split,)
-    results = evaluate_splits(config, weights=weights, splits=splits, quiet=args.quiet)
+    output = Path(args.output) if args.output else None
+    try:
+        results = evaluate_splits(
+            config, weights=weights, splits=splits, quiet=args.quiet, journal_beside=output
+        )
+    except KeyboardInterrupt:
+        if output is not None:
+            print(
+                f"agzo: the batches scored so far are kept beside {output}; "
+                "run the same command again to continue",
+                file=sys.stderr,
+            )
+        raise
     for split, result in results.items():
         metrics = result.metrics
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "n_examples")
@@ -284,7 +302,7 @@ def _eval(args: argparse.Namespace) -> int:
                 generations_file=target.name,
                 confusion_plot=None,
             )
-    if args.output:
+    if output is not None:
         report: dict[str, Any] = {
             "model": config.model,
             "weights": str(weights) if weights else None,
@@ -295,7 +313,9 @@ def _eval(args: argparse.Namespace) -> int:
             "results": {split: result.metrics for split, result in results.items()},
             "reports": {split: result.report.to_json() for split, result in results.items()},
         }
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        for split in splits:  # the output holds it all now
+            journal_path(output, split).unlink(missing_ok=True)
     return 0
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from agzo.tasks.base import Example
+from agzo.train.eval_journal import EvalJournal
 from agzo.train.objective import CandidateScorer
 
 __all__ = ["MetricFn", "Predictions", "evaluate", "predict"]
@@ -39,10 +41,12 @@ def predict(
     *,
     progress: bool = False,
     desc: str = "eval",
+    journal: EvalJournal | None = None,
 ) -> Predictions:
     """Score every example once, under `torch.no_grad()` with the model in eval mode (its
     previous mode is restored afterwards). Examples are batched by length to waste little
-    padding; results do not depend on the batching."""
+    padding; results do not depend on the batching. With a `journal`, batches it holds
+    are taken from it and each newly scored batch is kept in it."""
     if scorer.model is not model:
         raise ValueError("the scorer was built for a different model than the one evaluated")
     if not examples:
@@ -55,20 +59,31 @@ def predict(
     try:
         with torch.no_grad(), tqdm(total=len(examples), desc=desc, disable=not progress) as bar:
             for chunk in scorer.length_sorted_chunks(examples, batch_size):
-                scored = scorer.scores_and_losses(scorer.batch([examples[i] for i in chunk]))
-                rows = zip(
-                    chunk,
-                    scored.scores.argmax(dim=1).tolist(),
-                    scored.scores.tolist(),
-                    scored.losses.tolist(),
-                )
-                for i, prediction, row, loss in rows:
-                    n_candidates = len(examples[i].candidates)
-                    predicted[i], scores[i], losses[i] = prediction, row[:n_candidates], loss
+                rows = journal.recorded(chunk) if journal is not None else None
+                if rows is None:
+                    rows = _scored_rows(scorer, examples, chunk)
+                    if journal is not None:
+                        journal.record(chunk, rows)
+                for i, (prediction, row, loss) in zip(chunk, rows):
+                    predicted[i], scores[i], losses[i] = prediction, row, loss
                 bar.update(len(chunk))
     finally:
         model.train(was_training)
     return Predictions(predicted, scores, losses)
+
+
+def _scored_rows(
+    scorer: CandidateScorer, examples: Sequence[Example], chunk: Sequence[int]
+) -> list[list[Any]]:
+    """[prediction, candidate scores, loss] of each example of `chunk`."""
+    scored = scorer.scores_and_losses(scorer.batch([examples[i] for i in chunk]))
+    rows = zip(
+        chunk, scored.scores.argmax(dim=1).tolist(), scored.scores.tolist(), scored.losses.tolist()
+    )
+    # Each example's own candidates only: the batch pads the others' with -inf.
+    return [
+        [prediction, row[: len(examples[i].candidates)], loss] for i, prediction, row, loss in rows
+    ]
 
 
 def metrics_of(

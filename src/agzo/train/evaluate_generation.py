@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from agzo.tasks.answer_metrics import answer_metrics
 from agzo.tasks.base import GenerativeExample
+from agzo.train.eval_journal import EvalJournal
 from agzo.train.generate import DEFAULT_MAX_NEW_TOKENS, fit_prompt, greedy_generate
 from agzo.train.objective import CandidateScorer
 
@@ -66,9 +67,11 @@ def generate_answers(
     with_losses: bool = True,
     progress: bool = False,
     desc: str = "eval",
+    journal: EvalJournal | None = None,
 ) -> Generations:
     """Greedy answers (and per-example losses) in eval mode, no autograd; the model's
-    previous mode is restored. Examples are batched by prompt length."""
+    previous mode is restored. Examples are batched by prompt length. With a `journal`,
+    batches it holds are taken from it and each new batch is kept in it."""
     if not examples:
         raise ValueError("cannot evaluate on no examples")
     prompts = encoder.encode(examples)
@@ -81,20 +84,25 @@ def generate_answers(
         with torch.no_grad(), tqdm(total=len(examples), desc=desc, disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                answers = greedy_generate(
-                    model,
-                    scorer.tokenizer,
-                    [prompts[i] for i in chunk],
-                    [examples[i].stop_marker for i in chunk],
-                    encoder.max_new_tokens,
-                    pad_id=scorer.pad_id,
-                )
-                for i, text in zip(chunk, answers):
-                    texts[i] = text
-                if with_losses:
-                    batch = scorer.batch([examples[i] for i in chunk])
-                    for i, loss in zip(chunk, scorer.scores_and_losses(batch).losses.tolist()):
-                        losses[i] = loss
+                rows = journal.recorded(chunk) if journal is not None else None
+                if rows is None:
+                    answers = greedy_generate(
+                        model,
+                        scorer.tokenizer,
+                        [prompts[i] for i in chunk],
+                        [examples[i].stop_marker for i in chunk],
+                        encoder.max_new_tokens,
+                        pad_id=scorer.pad_id,
+                    )
+                    chunk_losses = [float("nan")] * len(chunk)
+                    if with_losses:
+                        batch = scorer.batch([examples[i] for i in chunk])
+                        chunk_losses = scorer.scores_and_losses(batch).losses.tolist()
+                    rows = [[text, loss] for text, loss in zip(answers, chunk_losses)]
+                    if journal is not None:
+                        journal.record(chunk, rows)
+                for i, (text, loss) in zip(chunk, rows):
+                    texts[i], losses[i] = text, loss
                 bar.update(len(chunk))
     finally:
         model.train(was_training)

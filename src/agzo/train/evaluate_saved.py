@@ -3,6 +3,7 @@ evaluated on a task's splits drawn exactly as training draws them."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from agzo.train.checkpoint import (
     load_weights,
 )
 from agzo.train.config import TrainConfig
+from agzo.train.eval_journal import EvalJournal, examples_digest, journal_path
 from agzo.train.evaluate import Predictions
 from agzo.train.evaluate_generation import Generations
 from agzo.train.optimizers import trainable_parameters
@@ -67,20 +69,67 @@ def evaluate_splits(
     weights: Path | None = None,
     splits: Sequence[str] = ("test",),
     quiet: bool = False,
+    journal_beside: Path | None = None,
 ) -> dict[str, SplitResult]:
     """Evaluate `config.model` (optionally with a checkpoint's trained `weights` on top)
-    on the named splits of `config.task`, drawn exactly as training draws them."""
-    run = load_run(config, Printer(quiet))
+    on the named splits of `config.task`, drawn exactly as training draws them.
+
+    journal_beside: an output file; each split's finished batches are then journaled
+    beside it (agzo.train.eval_journal), and a journal left by an interrupted evaluation
+    of the same settings is continued. The caller removes the journals (`journal_path`)
+    once its output is written.
+    """
+    printer = Printer(quiet)
+    run = load_run(config, printer)
     if weights is not None:
         load_weights(trainable_parameters(run.model, config), weights)
     results = {}
     for split in splits:
         # With --demonstrations, the in-context baseline: each prompt after k solved examples.
         examples = list(run.icl.get(split) or getattr(run.splits, split))
-        metrics, predictions = run.predict(examples, progress=not quiet, desc=split)
+        with contextlib.ExitStack() as stack:
+            journal = None
+            if journal_beside is not None:
+                identity = _identity(config, weights, split, examples)
+                path = journal_path(journal_beside, split)
+                journal = stack.enter_context(EvalJournal(path, identity, note=printer))
+                if journal.rows:
+                    done = len(journal.rows)
+                    printer(
+                        f"{split}: continuing, {done} of {len(examples)} examples scored in {path}"
+                    )
+            metrics, predictions = run.predict(
+                examples, progress=not quiet, desc=split, journal=journal
+            )
         report = split_report(examples, predictions)
         results[split] = SplitResult(examples, metrics, predictions, report)
     return results
+
+
+def _identity(
+    config: TrainConfig, weights: Path | None, split: str, examples: Sequence[Example]
+) -> dict[str, Any]:
+    """What an evaluation's journal must match to be continued: the settings, the files
+    the model and weights come from as they are now, the split and its examples."""
+    sources = [Path(config.model), *([weights] if weights is not None else [])]
+    return {
+        "settings": config.resolved(),
+        "files": {str(p): _stamp(p) for p in sources if p.exists()},
+        "split": split,
+        "examples": examples_digest(examples),
+    }
+
+
+def _stamp(path: Path) -> list[tuple[str, int, int]]:
+    """Name, size and modification time of a weights file, or of each one in a folder (a
+    retrained model rewrites them): cheap, where a digest of the weights is not. Other
+    files are left out: an output written into the folder must not count."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    weights = [f for f in files if f.is_file() and f.suffix in _WEIGHT_SUFFIXES]
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in weights]
+
+
+_WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".gguf", ".pt", ".pth"})
 
 
 def evaluate_model(

@@ -41,6 +41,7 @@ from agzo.tasks.registry import Task
 from agzo.train.checkpoint import CheckpointError
 from agzo.train.config import CUSTOM_TASK, TrainConfig
 from agzo.train.errors import TrainError
+from agzo.train.eval_journal import EvalJournal
 from agzo.train.evaluate import Predictions, evaluate, metrics_of, predict
 from agzo.train.evaluate_generation import (
     Generations,
@@ -102,7 +103,11 @@ class RunData:
         return self.encoder is not None
 
     def generate(
-        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+        self,
+        examples: Sequence[Example],
+        progress: bool = False,
+        desc: str = "eval",
+        journal: EvalJournal | None = None,
     ) -> tuple[dict[str, float], Generations]:
         """F1 / exact match / loss of generated answers, and the generations."""
         assert self.encoder is not None, "generate() is for generative tasks"
@@ -115,6 +120,7 @@ class RunData:
             self.config.eval_batch_size,
             progress=progress,
             desc=desc,
+            journal=journal,
         )
         return generation_metrics(generative, generations), generations
 
@@ -134,14 +140,25 @@ class RunData:
         )
 
     def predict(
-        self, examples: Sequence[Example], progress: bool = False, desc: str = "eval"
+        self,
+        examples: Sequence[Example],
+        progress: bool = False,
+        desc: str = "eval",
+        journal: EvalJournal | None = None,
     ) -> tuple[dict[str, float], Predictions | Generations]:
-        """The task's metrics and every prediction (for a report and the predictions file)."""
+        """The task's metrics and every prediction (for a report and the predictions
+        file); with a `journal`, the batches it holds are not scored again."""
         if self.generative:
-            return self.generate(examples, progress, desc)
+            return self.generate(examples, progress, desc, journal)
         batch_size = self.config.eval_batch_size
         predictions = predict(
-            self.model, self.scorer, examples, batch_size, progress=progress, desc=desc
+            self.model,
+            self.scorer,
+            examples,
+            batch_size,
+            progress=progress,
+            desc=desc,
+            journal=journal,
         )
         metric_fn = functools.partial(task_metric, self.task)
         return metrics_of(examples, predictions, metric_fn), predictions
