@@ -274,19 +274,50 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
                   results: dict[RunSpec, RunResult]) -> list[str]:  # fmt: skip
     """Markdown: per seed, the first evaluation at which each arm's chosen run reached
     MeZO's final and its lowest dev loss. The final loss alone flatters whoever beats a run
-    that rose at its last evaluation; its lowest loss is the second target."""
+    that rose at its last evaluation; its lowest loss is the second target. Arms trained on
+    another loss than MeZO's are timed against the MeZO arm trained on theirs (`mezo-lm`
+    for `agzo-lm`), once that arm has chosen its rate."""
     mezo = reference_mezo_arm(study.arms)
-    mezo_rate = None if mezo is None else plans[mezo].chosen
-    if mezo is None or mezo_rate is None:
+    if mezo is None or plans[mezo].chosen is None:
         return []
-    lines = ["Steps to reach MeZO's final and its lowest dev loss (same seed, dev evaluated "
-             f"every {study.args.eval_every} steps):", ""]  # fmt: skip
     untimed: set[str] = set()  # arms whose runs were restored without curves
     other_loss: dict[str, str] = {}  # arms whose dev loss is another loss than MeZO's
-    mezo_loss = arm_loss(study, mezo)
+    timed = _timing_lines(study, plans, results, mezo, "MeZO's", untimed, other_loss)
+    lines = ["Steps to reach MeZO's final and its lowest dev loss (same seed, dev evaluated "
+             f"every {study.args.eval_every} steps):", "", *timed]  # fmt: skip
+    if not timed:
+        return [*lines, "- MeZO's dev curves are not kept (restored without curves)"]
+    for loss in dict.fromkeys(other_loss.values()):
+        same_loss = {label: arm for label, arm in study.arms.items()
+                     if label in plans and arm_loss(study, label) == loss}  # fmt: skip
+        reference = reference_mezo_arm(same_loss)
+        if reference is None or plans[reference].chosen is None:
+            continue
+        name = f"{reference}'s"
+        if timed := _timing_lines(study, plans, results, reference, name, untimed, {}):
+            lines += ["", f"Steps to reach {name} final and its lowest dev loss, for the arms "
+                      f"trained on the {loss} loss (same seed):", "", *timed]  # fmt: skip
+            other_loss = {label: kind for label, kind in other_loss.items() if kind != loss}
+    if untimed:
+        labels = ", ".join(label for label in plans if label in untimed)
+        lines += ["", f"Not timed (runs restored without curves): {labels}."]
+    if other_loss:
+        labels = ", ".join(f"{arm} ({other_loss[arm]})" for arm in plans if arm in other_loss)
+        lines += ["", f"Not timed (their dev loss is another loss than MeZO's): {labels}."]
+    return lines
+
+
+def _timing_lines(study: Study, plans: dict[str, ArmPlan], results: dict[RunSpec, RunResult],
+                  reference: str, name: str, untimed: set[str],
+                  other_loss: dict[str, str]) -> list[str]:  # fmt: skip
+    """One line per seed and target (the reference arm's final and lowest dev loss): the
+    step at which each arm trained on the reference's loss first reached it. Arms without
+    curves go to `untimed`, arms on another loss to `other_loss`."""
+    lines = []
+    reference_loss = arm_loss(study, reference)
     for seed in study.seeds:
-        reference = results.get(RunSpec(mezo, mezo_rate, seed))
-        targets = None if reference is None else reference.last_and_lowest_dev_loss()
+        found = results.get(RunSpec(reference, plans[reference].chosen or math.nan, seed))
+        targets = None if found is None else found.last_and_lowest_dev_loss()
         if targets is None:
             continue
         for kind, target in zip(("final", "lowest"), targets, strict=True):
@@ -298,23 +329,15 @@ def steps_to_mezo(study: Study, plans: dict[str, ArmPlan],
                 if not result.has_curves:
                     untimed.add(label)
                     continue
-                if (loss := arm_loss(study, label)) != mezo_loss:
+                if (loss := arm_loss(study, label)) != reference_loss:
                     # A language-model loss and the candidates' softmax loss are on
                     # different scales: reaching one's value says nothing of the other.
                     other_loss[label] = loss
                     continue
                 step = first_step_reaching(result, target)
                 reached.append(f"{label} {'never' if step is None else step}")
-            lines.append(f"- seed {seed}, MeZO's {kind} dev loss {target:.3f}: "
+            lines.append(f"- seed {seed}, {name} {kind} dev loss {target:.3f}: "
                          + (", ".join(reached) or "no arm's curve is kept"))  # fmt: skip
-    if len(lines) == 2:
-        return [*lines, "- MeZO's dev curves are not kept (restored without curves)"]
-    if untimed:
-        labels = ", ".join(label for label in plans if label in untimed)
-        lines += ["", f"Not timed (runs restored without curves): {labels}."]
-    if other_loss:
-        labels = ", ".join(f"{arm} ({other_loss[arm]})" for arm in plans if arm in other_loss)
-        lines += ["", f"Not timed (their dev loss is another loss than MeZO's): {labels}."]
     return lines
 
 

@@ -489,6 +489,56 @@ def test_an_arm_trained_on_another_loss_is_not_timed_against_mezos_dev_loss(
     )
 
 
+def test_an_arm_on_another_loss_is_timed_against_the_mezo_arm_on_its_loss(
+    tmp_path: Path,
+) -> None:
+    """agzo-lm is timed against mezo-lm's dev loss once mezo-lm has chosen its rate; the
+    candidates-loss arms keep MeZO as their reference."""
+    import gzip
+
+    from study_record import Record
+
+    curves = {
+        "mezo": [0.55, 0.45, 0.40],
+        "agzo": [0.55, 0.42, 0.39],
+        "mezo-lm": [3.2, 0.9, 0.7],
+        "agzo-lm": [3.2, 0.6, 0.8],  # below mezo-lm's final 0.7 at step 5, above it after
+    }
+    record = Record(tmp_path / "record")
+    for arm, curve in curves.items():
+        kept = record.runs / study_search.RunSpec(arm, 1e-5, 0).name
+        kept.mkdir(parents=True)
+        summary = {"metric": "accuracy", "best_step": 10, "seconds_per_step": 2.0,
+                   "zero_shot": {"test": {"accuracy": 0.7}},
+                   "final": {"dev": {"accuracy": 0.8, "loss": curve[-1]},
+                             "test": {"accuracy": 0.79}}}  # fmt: skip
+        (kept / "summary.json").write_text(json.dumps(summary))
+        rows = [{"step": 5 * i, "split": "dev", "accuracy": 0.8, "loss": loss}
+                for i, loss in enumerate(curve)]  # fmt: skip
+        with gzip.open(kept / "metrics.jsonl.gz", "wt") as metrics:
+            metrics.writelines(json.dumps(row) + "\n" for row in rows)
+    args = argparse.Namespace(widen=3.0, max_widen=0, icl=0, out=tmp_path / "out", first=[],
+                              task="sst2", model="m", steps=10, eval_every=5,
+                              command="x", train_args=[])  # fmt: skip
+    args.out.mkdir()
+    arms = study_search.parse_arms(
+        ["agzo-lm=--optimizer agzo --loss lm", "mezo-lm=--optimizer mezo --loss lm"]
+    )
+    grid = study_search.parse_grid(["mezo=1e-5", "agzo=1e-5", "mezo-lm=1e-5", "agzo-lm=1e-5"], arms)
+    study = study_scheduler.Study(args, arms, grid, [0], record)
+    text = study.write_report()
+    assert text is not None
+    assert "- seed 0, MeZO's final dev loss 0.400: mezo 10, agzo 10\n" in text
+    lm_block = (
+        "Steps to reach mezo-lm's final and its lowest dev loss, for the arms trained on the "
+        "lm loss (same seed):\n\n"
+        "- seed 0, mezo-lm's final dev loss 0.700: mezo-lm 10, agzo-lm 5\n"
+        "- seed 0, mezo-lm's lowest dev loss 0.700: mezo-lm 10, agzo-lm 5"
+    )
+    assert lm_block in text
+    assert "another loss than MeZO's" not in text  # every arm is timed against its own MeZO
+
+
 RECORDS = sorted((Path(__file__).resolve().parents[1] / "docs" / "results").glob("study-*"))
 
 
