@@ -86,6 +86,10 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
     queries: probes per step (q); their estimates are averaged, each from its own seed.
     two_sided: SPSA's (f(W+μΔ) − f(W−μΔ))/2μ instead of (f(W+μΔ) − f(W))/μ.
     seed: every step's noise derives from (seed, step), so runs and resumes repeat.
+    keep_noise: draw each Gaussian direction's noise once per step and keep it, rather
+        than drawing it again for the flip and the update: the same numbers and weights,
+        about a third of a MeZO step saved on a CPU, for a float32 copy of the
+        Gaussian-probed tensors per probe held during the step.
     reducer: how losses and observations are combined over the step's examples (the
         identity in one process; see `agzo.core.reduce`).
     """
@@ -106,6 +110,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         exclude: Sequence[str] | None = None,
         model: nn.Module | None = None,
         reducer: Reducer = LOCAL,
+        keep_noise: bool = False,
     ) -> None:
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
@@ -131,6 +136,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         self.two_sided = two_sided
         self.seed = int(seed)
         self.reducer = reducer
+        self.keep_noise = keep_noise
         self.step_count = 0
         self.skipped_steps = 0
         self.tensors: list[TrainableTensor] = describe_tensors(named, model)
@@ -259,7 +265,9 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
             return None
 
         def make_probe(k: int) -> Probe:
-            context = ProbeContext(self.step_count, step_seed, self.seed, k, observed)
+            context = ProbeContext(
+                self.step_count, step_seed, self.seed, k, observed, self.keep_noise
+            )
             probe = self.probe(context)
             if self.step_count == 0 and k == 0:
                 check_precision(probe, eps)

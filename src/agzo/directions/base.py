@@ -94,22 +94,47 @@ class ZeroDirection(Direction):
 
 
 class GaussianDirection(Direction):
-    """Δ = z ~ N(0, I), regenerated from `seed_parts` on every use (never stored)."""
+    """Δ = z ~ N(0, I), drawn from `seed_parts` again on every use (never stored), or,
+    with `keep`, drawn on first use and kept for the direction's later uses: the same
+    numbers, for a float32 copy of the tensor held while the direction lives (a step).
 
-    def __init__(self, shape: torch.Size, device: torch.device, seed_parts: Sequence[int]) -> None:
+    MeZO draws z three times a step (perturb, flip, restore and update fused), which on a
+    CPU costs about as much as its two forward passes ("Step cost on the CPU").
+    """
+
+    def __init__(
+        self,
+        shape: torch.Size,
+        device: torch.device,
+        seed_parts: Sequence[int],
+        keep: bool = False,
+    ) -> None:
         self.shape = shape
         self.device = device
         self.seed_parts = tuple(seed_parts)
+        self.keep = keep
+        self._kept: torch.Tensor | None = None
 
-    def dense(self) -> torch.Tensor:
+    def _noise(self) -> torch.Tensor:
+        if self._kept is not None:
+            return self._kept
         with record_function("agzo.rng"):
             gen = generator_for(self.device, *self.seed_parts)
-            return torch.randn(self.shape, generator=gen, dtype=torch.float32, device=self.device)
+            z = torch.randn(self.shape, generator=gen, dtype=torch.float32, device=self.device)
+        if self.keep:
+            self._kept = z
+        return z
+
+    def dense(self) -> torch.Tensor:
+        # Callers may write into what they get (scaled_rows, SumDirection): a kept z is a
+        # copy away from them.
+        z = self._noise()
+        return z.clone() if self.keep else z
 
     cheap_rows = False  # z is drawn whole from one seed
 
     def add_to(self, param: torch.Tensor, alpha: float) -> None:
-        z = self.dense()
+        z = self._noise()
         if is_low_precision(param):
             for rows in row_chunks(param.shape):
                 part = param[rows]

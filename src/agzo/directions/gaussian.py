@@ -11,9 +11,8 @@ from agzo.seeding import STREAM_PERTURBATION
 def gaussian_direction(tensor: TrainableTensor, ctx: ProbeContext) -> GaussianDirection:
     """The Gaussian direction of `tensor` in this step; shared by every sampler's fallback."""
     param = tensor.param
-    return GaussianDirection(
-        param.shape, param.device, (ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION)
-    )
+    seed_parts = (ctx.step_seed, ctx.probe, tensor.index, STREAM_PERTURBATION)
+    return GaussianDirection(param.shape, param.device, seed_parts, keep=ctx.keep_noise)
 
 
 class GaussianSampler(DirectionSampler):

@@ -49,7 +49,9 @@ class ProbeContext:
     step: optimizer step count (0-based); step_seed: the seed of this step's noise;
     base_seed: the optimizer's seed (for draws that persist over several steps);
     probe: index of the probe within the step (several probes average their estimates);
-    observed: the result of the sampler's own observer, if it has one.
+    observed: the result of the sampler's own observer, if it has one; keep_noise: Gaussian
+    directions draw their noise once and keep it for the step's later uses, instead of
+    drawing it again each time (the same numbers; memory for speed).
     """
 
     step: int
@@ -57,6 +59,7 @@ class ProbeContext:
     base_seed: int
     probe: int = 0
     observed: Any = None
+    keep_noise: bool = False
 
 
 class DirectionSampler(ABC):  # noqa: B024 (either sample or sample_all is overridden)

@@ -51,4 +51,5 @@ class ZerothOrderOptions:
             "include": context.include,
             "exclude": context.exclude,
             "reducer": context.reducer,
+            "keep_noise": context.keep_noise,
         }

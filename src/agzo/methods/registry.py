@@ -33,6 +33,9 @@ class BuildContext:
     # How a step's quantities are combined over its examples when the batch is split
     # across processes (`agzo.core.reduce`); zeroth-order builders hand it on.
     reducer: Reducer = LOCAL
+    # Zeroth-order: keep each step's Gaussian noise instead of drawing it again (the same
+    # numbers; memory for speed). First-order builders ignore it.
+    keep_noise: bool = False
 
 
 Builder = Callable[[nn.Module, Any, BuildContext], torch.optim.Optimizer]

@@ -123,7 +123,8 @@ def add_probe_parser(subparsers: Any) -> argparse.ArgumentParser:
     speed.add_argument(
         "--methods", default=None,
         help="comma-separated methods or probe variants of `probe alignment` (agzo-svd, "
-        "agzo-adaptive, ...; default: every method)",
+        "agzo-adaptive, ...), or mezo-kept-noise (MeZO keeping each step's noise); "
+        "default: every method",
     )  # fmt: skip
     speed.add_argument("--include", action="append", default=None, help="parameter pattern")
     speed.add_argument("--exclude", action="append", default=None, help="parameter pattern")
@@ -372,8 +373,11 @@ def _frozen_base_configs(chosen: list[str], bits: int, explicit: bool) -> list[s
     that leave the base weights alone. Asked for by name, any other is an error, as in
     `agzo train`; by default they are left out."""
     from agzo.methods import get_method
+    from agzo.probes.estimators import method_of
 
-    trains_base = [c for c in chosen if c != "inference" and get_method(c).trains_base_weights]
+    trains_base = [
+        c for c in chosen if c != "inference" and get_method(method_of(c)).trains_base_weights
+    ]
     if trains_base and explicit:
         raise ProbeError(
             f"--quantize {bits} freezes the base weights in a quantized form, but "
@@ -469,14 +473,14 @@ def _memory(args: argparse.Namespace, out: Path) -> int:
 
 def _speed(args: argparse.Namespace, out: Path) -> int:
     from agzo.methods import BuildContext, method_names
-    from agzo.probes.estimators import variant_settings
+    from agzo.probes.estimators import KEPT_NOISE_VARIANTS, variant_settings
     from agzo.probes.shapes import SHAPES, build_shape, last_token_loss, random_batch
     from agzo.probes.speed import format_speed, measure_speed
 
     _check_choices("shape", [args.shape], list(SHAPES))
     every = list(method_names())
     methods = _csv(args.methods) if args.methods else every
-    _check_choices("method", methods, [*every, *variant_settings()])
+    _check_choices("method", methods, [*every, *variant_settings(), *KEPT_NOISE_VARIANTS])
     _refuse_zo_act_with_a_selection(methods, args)
 
     model = build_shape(args.shape, getattr(torch, args.dtype), args.device)

@@ -28,6 +28,17 @@ AGZO_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Variants of cost alone: a method with each step's Gaussian noise kept instead of drawn
+# again (`keep_noise`), measured beside the same method drawing it. Their probes are the
+# method's own, so alignment has nothing to compare and leaves them out.
+KEPT_NOISE_VARIANTS: dict[str, str] = {"mezo-kept-noise": "mezo"}
+
+
+def kept_noise_variant(name: str) -> tuple[str, bool]:
+    """(the variant or method the name stands for, whether its noise is kept)."""
+    return (KEPT_NOISE_VARIANTS[name], True) if name in KEPT_NOISE_VARIANTS else (name, False)
+
+
 def variant_settings() -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (registered method, options given beside its defaults): every zeroth-order
     method that trains the model's own weights (a probe's cosine is taken against their
@@ -42,6 +53,12 @@ def variant_of(name: str) -> tuple[str, dict[str, Any]]:
     """(registered method, options) behind a probe variant's name; a method's own name
     (or any other) stands for itself with no options."""
     return variant_settings().get(name, (name, {}))
+
+
+def method_of(name: str) -> str:
+    """The registered method behind a probe's name (a method, a variant, a kept-noise
+    variant)."""
+    return variant_of(kept_noise_variant(name)[0])[0]
 
 
 def estimator_variants(

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from agzo.methods import get_method, method_names
+from agzo.probes.estimators import KEPT_NOISE_VARIANTS, method_of
 from agzo.probes.shapes import build_shape, last_token_loss, random_batch
 from agzo.probes.speed import probe_optimizer, step_function
 
@@ -39,8 +40,9 @@ DEFAULT_MMAP_THRESHOLD = 128 * 1024
 
 
 def memory_configs() -> tuple[str, ...]:
-    """What can be measured: inference, and every registered method."""
-    return ("inference", *method_names())
+    """What can be measured: inference, every registered method, and MeZO keeping each
+    step's noise (`KEPT_NOISE_VARIANTS`)."""
+    return ("inference", *method_names(), *KEPT_NOISE_VARIANTS)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -103,7 +105,7 @@ def run_worker(
                 closure()
     else:
         options: dict[str, Any] = (
-            {"update": update} if update and get_method(config).zeroth_order else {}
+            {"update": update} if update and get_method(method_of(config)).zeroth_order else {}
         )
         optimizer = probe_optimizer(config, model, closure, **options)
         step = step_function(optimizer, closure)

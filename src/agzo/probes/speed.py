@@ -13,6 +13,7 @@ optimizers mark with `record_function`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from torch import nn
 from agzo.core.optimizer import ZerothOrderOptimizer
 from agzo.methods import BuildContext, get_method
 from agzo.methods import methods as all_methods
-from agzo.probes.estimators import variant_of
+from agzo.probes.estimators import kept_noise_variant, method_of, variant_of
 
 REGIONS = (
     "agzo.forward",
@@ -62,7 +63,10 @@ def probe_optimizer(
     defaults, except a tiny lr (the probes measure cost, not progress) and the given
     `options`; `context` selects the trained tensors (include, exclude). A method that
     adds layers to the model (ZO-Act) prepares it first, calibrating on one pass of
-    `closure`."""
+    `closure`. A kept-noise variant (`KEPT_NOISE_VARIANTS`) keeps its noise for the step."""
+    method, keep_noise = kept_noise_variant(method)
+    if keep_noise:
+        context = dataclasses.replace(context or BuildContext(), keep_noise=True)
     method, variant_options = variant_of(method)
     spec = get_method(method)
     chosen = spec.make_options(**{"lr": 1e-12, **variant_options, **options})
@@ -117,12 +121,8 @@ def make_step(
     return step_function(own_step, own_closure)
 
 
-def _method_of(name: str) -> str:
-    return variant_of(name)[0]
-
-
 def _adds_layers(name: str) -> bool:
-    return get_method(_method_of(name)).prepare is not None
+    return get_method(method_of(name)).prepare is not None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -204,7 +204,7 @@ def measure_speed(
     report = SpeedReport(medians.pop("two_forwards"), medians, rounds=rounds)
     if breakdown:
         report.breakdown_s = {
-            m: _profile_regions(runs[m]) for m in methods if get_method(_method_of(m)).zeroth_order
+            m: _profile_regions(runs[m]) for m in methods if get_method(method_of(m)).zeroth_order
         }
     return report
 

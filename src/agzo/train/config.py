@@ -108,6 +108,7 @@ RESUMABLE_CHANGES = frozenset(
         "keep_checkpoints",
         "tensorboard",
         "pack",
+        "keep_noise",
         "save_mode",
         "output_dir",
         "device",
@@ -284,6 +285,14 @@ class TrainConfig:
         metadata=_help(
             "sequences packed end to end into rows, without padding between them, in "
             "Llama, Qwen3 and GPT-2 models (same loss, fewer tokens computed)"
+        ),
+    )
+    keep_noise: bool = field(
+        default=False,
+        metadata=_help(
+            "zeroth-order: draw each step's Gaussian noise once and keep it for the flip "
+            "and the update instead of drawing it again (the same weights; faster, for a "
+            "float32 copy of the Gaussian-probed weights)"
         ),
     )
     stop_diverged: float = field(

@@ -38,5 +38,6 @@ def build_optimizer(
         include=config.include,
         exclude=config.exclude,
         reducer=reducer,
+        keep_noise=config.keep_noise,
     )
     return config.method.build(model, config.method_options, context)
