@@ -7,7 +7,8 @@ done tensor by tensor in place; if anything interrupts a shift (an exception, Ct
 the tensors already moved are moved back, so the model is never left half perturbed.
 The estimators return where the weights sit after measuring (`offset`, in units of the
 last Δ), so a single-probe SGD step can restore and step in one pass. Every shift back
-regenerates the same Δ from its seed, so W₀ is recovered up to one rounding per shift.
+regenerates the same Δ from its seed (or reuses it, with `keep_noise`), so W₀ is
+recovered up to one rounding per shift.
 """
 
 from __future__ import annotations

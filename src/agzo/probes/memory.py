@@ -186,17 +186,18 @@ def _failure(stderr: str) -> str:
 
 
 def format_memory(rows: list[MemoryRow]) -> str:
+    width = max([len("config"), *(len(r.config) for r in rows)]) + 2
     lines = [
-        f"{'config':<10}{'batch':>6}{'seq':>6}{'peak MiB':>10}{'/ inference':>13}"
+        f"{'config':<{width}}{'batch':>6}{'seq':>6}{'peak MiB':>10}{'/ inference':>13}"
         f"{'state MiB':>11}{'peak - state':>14}"
     ]
     for r in rows:
         if r.peak_bytes is None:
-            lines.append(f"{r.config:<10}{r.batch:>6}{r.seq:>6}  failed: {r.error}")
+            lines.append(f"{r.config:<{width}}{r.batch:>6}{r.seq:>6}  failed: {r.error}")
             continue
         ratio = " " * 13 if r.ratio_to_inference is None else f"{r.ratio_to_inference:>13.3f}"
         lines.append(
-            f"{r.config:<10}{r.batch:>6}{r.seq:>6}{r.peak_bytes / 2**20:>10.0f}{ratio}"
+            f"{r.config:<{width}}{r.batch:>6}{r.seq:>6}{r.peak_bytes / 2**20:>10.0f}{ratio}"
             f"{r.state_bytes / 2**20:>11.0f}{(r.peak_bytes - r.state_bytes) / 2**20:>14.0f}"
         )
     return "\n".join(lines)
