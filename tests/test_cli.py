@@ -126,7 +126,8 @@ def test_tasks_lists_every_task(capsys: pytest.CaptureFixture[str]) -> None:
     chosen = (
         "agzo 3e-05, mezo 3e-05, lozo 3e-05, agzo --preset paper 3e-05, zo-act 0.001, "
         "agzo --layers dominant 0.0003, agzo --lora-rank 8 0.003, "
-        "agzo --rank 4 --energy 0.9 3e-05, fo-adamw 3e-05, agzo --loss lm 3e-05"
+        "agzo --rank 4 --energy 0.9 3e-05, fo-adamw 3e-05, agzo --loss lm 3e-05, "
+        "mezo --loss lm 1e-05"
     )
     assert sst2.endswith(f"[the study's lr: {chosen}]")  # used without --lr
     rte = next(line for line in lines if line.startswith("rte "))

@@ -560,6 +560,9 @@ def test_a_run_in_the_studys_settings_takes_the_rate_the_study_chose() -> None:
     lm = get_task("sst2").chosen_rate("agzo --loss lm")
     assert lm is not None and TrainConfig(task="sst2", loss="lm").study_setting == "agzo --loss lm"
     assert TrainConfig(task="sst2", loss="lm").learning_rate == lm
+    mezo_lm = get_task("sst2").chosen_rate("mezo --loss lm")
+    assert mezo_lm is not None and mezo_lm not in (lm, get_method("mezo").defaults().lr)
+    assert TrainConfig(task="sst2", optimizer="mezo", loss="lm").learning_rate == mezo_lm
     for given in ({"rank": 4, "energy": 0.9}, {"energy": 0.9, "rank": 4}):  # any order
         config = TrainConfig(task="sst2", options=given)
         assert config.study_setting == "agzo --rank 4 --energy 0.9"
