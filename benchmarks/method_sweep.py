@@ -42,7 +42,9 @@ every run.
 OUT is scratch space, lost with its machine. `--record DIR` names a folder to commit
 (benchmarks/study_record.py): every finished run's summary and metrics, the command and the
 report are kept there too, so `--continue DIR` on a fresh checkout reads the finished runs
-from it and trains only what is missing (a run cut off with OUT starts over, in full).
+from it and trains only what is missing (a run cut off with OUT starts over, in full; an
+in-context evaluation writes into the record, so one cut off continues from its journal
+there once that is committed).
 
 Writes, after every finished run: OUT/sweep.md (search and seed tables, and each chosen rate's
 lead over the next best on dev, in dev examples), OUT/sweep.json (what

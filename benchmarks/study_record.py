@@ -11,7 +11,11 @@ checkout reads its finished runs from the record and only trains what is still m
     DIR/runs/<run>/summary.json          a finished run, as `agzo train` wrote it
     DIR/runs/<run>/metrics.jsonl.gz      its metrics.jsonl, compressed
     DIR/runs/<icl-run>.json              an in-context result, as `agzo eval` wrote it
+    DIR/runs/<icl-run>.test.progress.jsonl  the journal of one under way (`agzo eval --output`)
     DIR/sweep.md, sweep.json, sweep.png  the report
+
+An in-context evaluation writes into the record directly: committed while it is under way,
+its journal lets the next checkout continue it from the batches it has scored.
 
 A run whose metrics are missing from its record (one restored from an earlier report) still
 counts as finished; its report lines that need a curve say so.

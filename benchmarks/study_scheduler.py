@@ -66,7 +66,8 @@ class Study:
         return dict(self.finished)
 
     def icl_result(self, spec: IclSpec) -> dict[str, Any] | None:
-        """An in-context result, kept in the record too when found in the folder only."""
+        """An in-context result, kept in the record too when found in the folder only (as
+        a study begun without a record wrote it)."""
         found = read_icl(spec, self.out, self.record)
         path = self.out / f"{spec.name}.json"
         if self.record and path.is_file() and self.record.read_icl(spec.name) is None:
@@ -177,11 +178,15 @@ class Study:
         args = self.args
         data = ["--data-dir", args.data_dir] if args.data_dir else []
         if isinstance(spec, IclSpec):
+            # Written into the record when there is one, its journal beside it: an
+            # evaluation cut off with the run folder continues from a committed record.
+            output = (self.record.runs if self.record else self.out) / f"{spec.name}.json"
+            output.parent.mkdir(parents=True, exist_ok=True)
             command = [
                 sys.executable, "-m", "agzo", "eval", "--model", args.model,
                 "--task", args.task, *data, "--seed", str(spec.seed), "--split", "test",
                 "--demonstrations", str(spec.demonstrations),
-                "--output", str(self.out / f"{spec.name}.json"), *args.eval_args,
+                "--output", str(output), *args.eval_args,
             ]  # fmt: skip
         else:
             run_dir = self.out / spec.name

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -356,9 +357,14 @@ def test_a_study_continues_from_its_record_when_its_run_folder_is_gone(
     method_sweep.main(argv)
     kept = record / "runs" / "agzo-lr0.001-seed0"
     assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl.gz", "summary.json"]
-    assert (record / "runs" / "icl-k2-seed0.json").read_bytes() == (
-        out / "icl-k2-seed0.json"
-    ).read_bytes()
+    # The in-context evaluation writes into the record, where its journal can be committed.
+    [icl_command] = commands_run(out / "logs" / "icl-k2-seed0.txt")
+    words = shlex.split(icl_command[2:])
+    output = words[words.index("--output") + 1]
+    assert Path(output) == record / "runs" / "icl-k2-seed0.json"
+    assert "results" in json.loads(Path(output).read_text())
+    assert not (out / "icl-k2-seed0.json").exists()
+    assert not list((record / "runs").glob("*.progress.jsonl"))  # removed once finished
     assert (record / "sweep.md").read_text() == (out / "sweep.md").read_text()
     before = json.loads((record / "sweep.json").read_text())
     cut = argv.index("--")
