@@ -84,13 +84,17 @@ class Record:
             records = []  # restored from a report: the figures are kept, the curves are not
         return summary, records
 
+    def icl_path(self, name: str) -> Path:
+        """Where an in-context result lives in the record (its journal beside it)."""
+        return self.runs / f"{name}.json"
+
     def keep_icl(self, path: Path) -> None:
         self.runs.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, self.runs / path.name)
 
     def read_icl(self, name: str) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] = json.loads((self.runs / f"{name}.json").read_text())
+            found: dict[str, Any] = json.loads(self.icl_path(name).read_text())
         except (OSError, ValueError):
             return None
         return found

@@ -180,7 +180,9 @@ class Study:
         if isinstance(spec, IclSpec):
             # Written into the record when there is one, its journal beside it: an
             # evaluation cut off with the run folder continues from a committed record.
-            output = (self.record.runs if self.record else self.out) / f"{spec.name}.json"
+            output = (
+                self.record.icl_path(spec.name) if self.record else self.out / f"{spec.name}.json"
+            )
             output.parent.mkdir(parents=True, exist_ok=True)
             command = [
                 sys.executable, "-m", "agzo", "eval", "--model", args.model,
