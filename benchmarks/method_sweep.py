@@ -32,12 +32,14 @@ interruption: a finished run (summary.json written) is never run again, an unfin
 resumes from its last checkpoint (`agzo train --resume`), and an in-context evaluation cut
 off continues from the batches it has scored (`agzo eval --output` journals them), so the
 same command continues a study where it stopped. Ctrl-C or `kill` (SIGTERM) stops the runner
-and its runs, each of which saves a checkpoint of its last completed step first. `--continue
-OUT` repeats the command that last ran in OUT (kept in OUT/command.json); `--jobs` and
-`--threads` given after it replace the recorded ones (how runs share the machine, never what
-a run does). Checkpoints of finished runs are deleted (--keep-checkpoints keeps them).
---report-only writes the tables from the finished runs alone. Arguments after `--` go to
-every run.
+and its runs, each of which saves a checkpoint of its last completed step first. `--until
+2h30m` (or `--until 22:10`) stops them at a deadline the same way, and starts no training run
+that runs like it say would not end by then (benchmarks/study_clock.py). `--continue OUT`
+repeats the command that last ran in OUT (kept in OUT/command.json, less any --until);
+`--jobs`, `--threads` and `--until` given after it replace the recorded ones (how runs share
+the machine and for how long, never what a run does). Checkpoints of finished runs are
+deleted (--keep-checkpoints keeps them). --report-only writes the tables from the finished
+runs alone. Arguments after `--` go to every run.
 
 OUT is scratch space, lost with its machine. `--record DIR` names a folder to commit
 (benchmarks/study_record.py): every finished run's summary and metrics, the command and the
@@ -62,9 +64,11 @@ import shlex
 import signal
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from study_clock import parse_until
 from study_record import Record
 from study_scheduler import Study
 from study_search import IN_CONTEXT, parse_arms, parse_grid
@@ -116,16 +120,19 @@ def recorded_command(out: Path) -> list[str]:
     return argv
 
 
-SCHEDULING = ("--jobs", "--threads")  # how runs share the machine, never what a run does
+# How runs share the machine and how long the runner may go on: never what a run does.
+SCHEDULING = {"--jobs": int, "--threads": int, "--until": str}
+# Of this sitting only: a deadline is not kept with the command that --continue repeats.
+NOT_RECORDED = ("--until",)
 
 
-def parse_continue(argv: list[str]) -> tuple[Path, dict[str, int]]:
+def parse_continue(argv: list[str]) -> tuple[Path, dict[str, str]]:
     """`--continue`'s arguments: the study folder, and the scheduling flags given."""
-    usage = "usage: method_sweep.py --continue STUDY_FOLDER [--jobs N] [--threads N]"
+    usage = "usage: method_sweep.py --continue STUDY_FOLDER [--jobs N] [--threads N] [--until T]"
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     parser.add_argument("out", type=Path, nargs="?")
-    for flag in SCHEDULING:
-        parser.add_argument(flag, type=int, default=None)
+    for flag, kind in SCHEDULING.items():
+        parser.add_argument(flag, type=kind, default=None)
     try:
         given, extra = parser.parse_known_args(argv)
     except argparse.ArgumentError as error:
@@ -133,25 +140,43 @@ def parse_continue(argv: list[str]) -> tuple[Path, dict[str, int]]:
     if given.out is None or extra:
         raise SystemExit(usage + (f" (not taken: {' '.join(extra)})" if extra else ""))
     values = {flag: getattr(given, flag.lstrip("-")) for flag in SCHEDULING}
-    return given.out, {flag: value for flag, value in values.items() if value is not None}
+    return given.out, {flag: str(value) for flag, value in values.items() if value is not None}
+
+
+def split_at_passed_on(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The runner's own arguments, and those from `--` on that go to every run."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return argv[:cut], argv[cut:]
+
+
+def without_flag(words: list[str], flag: str) -> list[str]:
+    """`words` less every `flag VALUE` and `flag=VALUE`."""
+    kept: list[str] = []
+    remaining = iter(words)
+    for word in remaining:
+        if word == flag:
+            next(remaining, None)  # and its value
+        elif not word.startswith(flag + "="):
+            kept.append(word)
+    return kept
 
 
 def continued_command(argv: list[str]) -> list[str]:
-    """The command `--continue OUT [--jobs N] [--threads N]` repeats: OUT's recorded one,
-    with the runs' scheduling replaced where given (it changes no run's result)."""
+    """The command `--continue OUT [--jobs N] [--threads N] [--until T]` repeats: OUT's
+    recorded one, with the runs' scheduling replaced where given (it changes no run's
+    result)."""
     out, scheduling = parse_continue(argv)
-    recorded = recorded_command(out)
-    cut = recorded.index("--") if "--" in recorded else len(recorded)
-    own, passed_on = recorded[:cut], recorded[cut:]
+    own, passed_on = split_at_passed_on(recorded_command(out))
     for flag, value in scheduling.items():
-        kept: list[str] = []
-        words = iter(own)
-        for word in words:
-            if word == flag:
-                next(words, None)  # and its value
-            elif not word.startswith(flag + "="):
-                kept.append(word)
-        own = [*kept, flag, str(value)]
+        own = [*without_flag(own, flag), flag, value]
+    return own + passed_on
+
+
+def recordable(argv: list[str]) -> list[str]:
+    """The command as kept for --continue: without what holds for this sitting only."""
+    own, passed_on = split_at_passed_on(argv)
+    for flag in NOT_RECORDED:
+        own = without_flag(own, flag)
     return own + passed_on
 
 
@@ -187,10 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", type=Path, default=None,
                         help="folder to commit: finished runs, command, report")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="run nothing; report")
+    parser.add_argument("--until", default=None,
+                        help="stop by then: a time left (2h30m) or a clock time (22:10); "
+                        "only runs that fit start (benchmarks/study_clock.py)")  # fmt: skip
     parser.add_argument("train_args", nargs="*", help="after --: passed to every agzo train")
     args = parser.parse_args(argv)
     # The study's command, as a report names it: --report-only is how a report was made.
-    study_argv = [word for word in argv if word != "--report-only"]
+    study_argv = [word for word in recordable(argv) if word != "--report-only"]
     args.command = shlex.join(["benchmarks/method_sweep.py", *study_argv])
     if args.widen <= 1 or args.max_widen < 0 or args.jobs < 1:
         raise SystemExit("--widen must exceed 1, --max-widen be >= 0, --jobs be >= 1")
@@ -208,17 +236,23 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     record = Record(args.record) if args.record else None
     study = Study(args, arms, grid, seeds, record)
+    if args.until is not None:
+        study.deadline = parse_until(args.until, datetime.now())
     continue_from = args.record or args.out
+    left: str | None = None  # what a deadline left undone
     if not args.report_only:
         hold_lock(args.out)
         for folder in (args.out, args.record) if args.record else (args.out,):
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / COMMAND_FILE).write_text(json.dumps({"argv": argv}, indent=1) + "\n")
+            recorded = {"argv": recordable(argv)}
+            (folder / COMMAND_FILE).write_text(json.dumps(recorded, indent=1) + "\n")
         print(f"study in {args.out}: arms {', '.join(grid)}; {args.jobs} at once, "
               f"{args.threads} thread(s) each; {study.progress({})}", flush=True)  # fmt: skip
+        if study.deadline is not None:
+            print(f"  until {study.deadline:%Y-%m-%d %H:%M}", flush=True)
         try:
             with stop_on_signals():
-                study.run()
+                left = study.run()
         except KeyboardInterrupt:
             study.write_report()
             print("stopped; the runs saved checkpoints. Continue with: python "
@@ -226,10 +260,17 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr)  # fmt: skip
             raise SystemExit(130) from None
     text = study.write_report()
+    then = ""
+    if left is not None:
+        then = (
+            f"{left}. Continue with: python benchmarks/method_sweep.py --continue {continue_from}"
+        )
     if text is None:
-        raise SystemExit(f"no run finished; see the logs under {args.out}")
+        raise SystemExit(f"no run finished; see the logs under {args.out}. {then}".rstrip())
     print(text)
     print(f"\nwrote {args.out}/sweep.md, sweep.json, sweep.png")
+    if then:
+        print(then)
 
 
 if __name__ == "__main__":

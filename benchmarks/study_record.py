@@ -13,6 +13,7 @@ checkout reads its finished runs from the record and only trains what is still m
     DIR/runs/<icl-run>.json              an in-context result, as `agzo eval` wrote it
     DIR/runs/<icl-run>.test.progress.jsonl  the journal of one under way (`agzo eval --output`)
     DIR/sweep.md, sweep.json, sweep.png  the report
+    DIR/durations.json                   each run's wall time, as the runner saw it (study_clock.py)
 
 An in-context evaluation writes into the record directly: committed while it is under way,
 its journal lets the next checkout continue it from the batches it has scored.

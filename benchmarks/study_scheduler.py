@@ -13,11 +13,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agzo.train.checkpoint import list_checkpoints
+from agzo.train.checkpoint import checkpoint_step, list_checkpoints
 from agzo.train.eval_journal import journal_path
+from study_clock import Durations, expected_seconds
 from study_record import Record
 from study_report import plot, report, study_json
 from study_search import (
@@ -41,6 +43,7 @@ class Study:
     grid: dict[str, list[float]]
     seeds: list[int]
     record: Record | None = None  # where finished runs are kept beyond the run folder
+    deadline: datetime | None = None  # --until: no run is under way past it
     failed: set[str] = field(default_factory=set)  # names that ended without a result
     # Finished runs never change: each is read once, not at every look at the folder.
     finished: dict[RunSpec, RunResult] = field(default_factory=dict)
@@ -116,19 +119,37 @@ class Study:
                 order += [q[turn] for q in tier if turn < len(q)]
         return order
 
-    def run(self) -> None:
-        """Launch what is wanted, up to --jobs at once, until nothing more is wanted."""
+    @property
+    def durations(self) -> Durations:
+        return Durations(self.record.root if self.record else self.out)
+
+    def run(self) -> str | None:
+        """Launch what is wanted, up to --jobs at once, until nothing more is wanted, or
+        until the deadline: then what is left, said in a line (None when nothing is)."""
         running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        fresh: set[str] = set()  # launched from step 0: their wall time is a whole run's
+        deferred: set[str] = set()  # said once each: wanted, but would not end in time
         try:
             while True:
                 results = self.results()
+                if self.deadline is not None and datetime.now() >= self.deadline:
+                    return self._left_at_deadline(results, running)
                 pending = [s for s in self.wanted(results) if s.name not in running]
                 while pending and len(running) < self.args.jobs:
                     spec = pending.pop(0)
+                    if (why := self._would_not_end_in_time(spec, results)) is not None:
+                        if spec.name not in deferred:
+                            print(f"  not started, {spec.name}: {why}", flush=True)
+                            deferred.add(spec.name)
+                        continue
+                    if isinstance(spec, RunSpec) and not list_checkpoints(self.out / spec.name):
+                        fresh.add(spec.name)
                     print(f"  start {spec.name}{self._resuming(spec)}", flush=True)
                     running[spec.name] = (self.launch(spec), time.time())
                 if not running:
-                    return
+                    if deferred:
+                        return f"{len(deferred)} wanted run(s) would not end by --until"
+                    return None
                 time.sleep(5)
                 for name, (process, started) in list(running.items()):
                     code = process.poll()
@@ -138,6 +159,8 @@ class Study:
                     took = time.time() - started
                     if code == 0:
                         print(f"  {name}: done in {took:.0f}s", flush=True)
+                        if name in fresh:
+                            self.durations.keep(name, took)
                         self.prune(name)
                     else:
                         self.failed.add(name)
@@ -151,6 +174,30 @@ class Study:
                 process.send_signal(signal.SIGTERM)
             for process, _ in running.values():
                 process.wait()
+
+    def _would_not_end_in_time(
+        self, spec: RunSpec | IclSpec, results: dict[RunSpec, RunResult]
+    ) -> str | None:
+        """Why a training run should not start before the deadline, or None when it may.
+        An in-context evaluation always may: what it scores is kept (study_clock.py)."""
+        if self.deadline is None or isinstance(spec, IclSpec):
+            return None
+        expected = expected_seconds(spec, results, self.durations.read())
+        if expected is None:
+            return None  # nothing has finished to judge by
+        checkpoints = list_checkpoints(self.out / spec.name)
+        if checkpoints:
+            done = checkpoint_step(checkpoints[-1]) / self.args.steps
+            expected *= max(0.0, 1.0 - done)
+        left = (self.deadline - datetime.now()).total_seconds()
+        if expected <= left:
+            return None
+        return f"needs about {expected / 60:.0f} min, {max(left, 0) / 60:.0f} min left"
+
+    def _left_at_deadline(self, results: dict[RunSpec, RunResult], running: dict[str, Any]) -> str:
+        stopped = ", ".join(running) or "none"
+        wanted = len(self.wanted(results))
+        return f"--until reached: stopped {stopped}; {wanted} wanted run(s) left"
 
     def progress(self, running: dict[str, Any]) -> str:
         """How far the study is: runs finished, under way and still wanted. Wanted counts

@@ -10,6 +10,7 @@ import os
 import shlex
 import signal
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import method_sweep  # noqa: E402
+import study_clock  # noqa: E402
 import study_report  # noqa: E402
 import study_scheduler  # noqa: E402
 import study_search  # noqa: E402
@@ -250,6 +252,39 @@ def test_continue_may_change_how_runs_share_the_machine_only(tmp_path: Path) -> 
                      "--", "--device", "cpu", "--jobs", "9"]  # fmt: skip
     with pytest.raises(SystemExit, match=r"usage: .*--jobs N"):
         method_sweep.continued_command([str(tmp_path), "--steps", "10"])
+
+
+def test_until_reads_a_time_left_or_the_next_clock_time() -> None:
+    now = datetime(2026, 3, 1, 21, 30, 15)
+    assert study_clock.parse_until("2h30m", now) == now + timedelta(hours=2, minutes=30)
+    assert study_clock.parse_until("90m", now) == now + timedelta(minutes=90)
+    assert study_clock.parse_until("45s", now) == now + timedelta(seconds=45)
+    assert study_clock.parse_until("22:10", now) == datetime(2026, 3, 1, 22, 10)
+    assert study_clock.parse_until("7:05", now) == datetime(2026, 3, 2, 7, 5)  # tomorrow's
+    for bad in ("", "soon", "2h30", "24:00", "22:75", "-5m"):
+        with pytest.raises(SystemExit, match=f"--until {bad}: "):
+            study_clock.parse_until(bad, now)
+
+
+def test_a_runs_length_is_the_longest_finished_run_of_its_arm() -> None:
+    """Measured wall times first; else the run's training time with the evaluations'
+    allowance; another arm's runs when its own has none; nothing to go by, None."""
+
+    def result(spec: study_search.RunSpec, train_seconds: float) -> study_search.RunResult:
+        return study_search.RunResult(spec, {"train_seconds": train_seconds}, [])
+
+    agzo = [study_search.RunSpec("agzo", 1e-5, seed) for seed in (0, 1)]
+    mezo = study_search.RunSpec("mezo", 1e-5, 0)
+    results = {agzo[0]: result(agzo[0], 100.0), agzo[1]: result(agzo[1], 40.0),
+               mezo: result(mezo, 300.0)}  # fmt: skip
+    wanted = study_search.RunSpec("agzo", 3e-5, 2)
+    allowance = study_clock.EVALUATION_ALLOWANCE
+    assert study_clock.expected_seconds(wanted, results, {}) == 100.0 * allowance
+    durations = {agzo[0].name: 110.0, agzo[1].name: 150.0}  # a diverged run may be short
+    assert study_clock.expected_seconds(wanted, results, durations) == 150.0
+    lozo = study_search.RunSpec("lozo", 1e-5, 0)
+    assert study_clock.expected_seconds(lozo, results, durations) == 300.0 * allowance
+    assert study_clock.expected_seconds(lozo, {}, durations) is None
 
 
 def test_bad_arms_and_grids_exit_with_one_line() -> None:
@@ -614,6 +649,55 @@ def test_a_signal_stops_the_runner_and_its_runs_keep_their_checkpoints(
     assert f"--continue {out}" in err.decode()
     log = (out / "logs" / f"{run.name}.txt").read_text()
     assert "interrupted after step" in log  # the run saved and stopped, not killed
+    assert not (run / "summary.json").exists() and list((run / "checkpoints").glob("step-*"))
+
+
+def test_a_deadline_starts_only_runs_that_end_in_time(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run's wall time is kept once it finishes; a run like it that would not end by
+    --until is not started, and the runner says what is left; --until is not recorded."""
+    argv, out = tiny_study(model_dir, tmp_path, "--seeds", "0,1", "--grid", "agzo=1e-3")
+    cut = argv.index("--")
+    first = [*argv[:cut], "--seeds", "0", *argv[cut:]]  # the last --seeds counts
+    method_sweep.main(first)
+    durations = json.loads((out / "durations.json").read_text())
+    assert list(durations) == ["agzo-lr0.001-seed0"] and durations["agzo-lr0.001-seed0"] > 1
+    capsys.readouterr()
+
+    method_sweep.main([*argv[:cut], "--until", "1s", *argv[cut:]])
+    printed = capsys.readouterr().out
+    assert "not started, agzo-lr0.001-seed1: needs about" in printed
+    assert "1 wanted run(s) would not end by --until. Continue with: " in printed
+    assert not (out / "logs" / "agzo-lr0.001-seed1.txt").exists()
+    assert "--until" not in json.loads((out / "command.json").read_text())["argv"]
+    assert "--until" not in json.loads((out / "sweep.json").read_text())["command"]
+
+    # With time enough, the same study goes on.
+    method_sweep.main(["--continue", str(out), "--until", "2h"])
+    assert (out / "agzo-lr0.001-seed1" / "summary.json").is_file()
+    assert "--until" not in json.loads((out / "command.json").read_text())["argv"]
+
+
+def test_a_deadline_stops_the_runs_under_way_and_they_keep_their_checkpoints(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """With nothing finished to judge by, a run starts; at the deadline it is stopped as
+    SIGTERM stops it (a checkpoint of its last step), and the runner says so."""
+    argv, out = tiny_study(model_dir, tmp_path, "--seeds", "0", "--grid", "agzo=1e-3",
+                           "--steps", "100000", "--eval-every", "50",
+                           "--checkpoint-every", "1", "--until", "30s")  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        method_sweep.main(argv)
+    assert "no run finished" in str(stopped.value)
+    assert "--until reached: stopped agzo-lr0.001-seed0; 1 wanted run(s) left." in str(
+        stopped.value
+    )
+    assert f"Continue with: python benchmarks/method_sweep.py --continue {out}" in str(
+        stopped.value
+    )
+    run = out / "agzo-lr0.001-seed0"
+    assert "interrupted after step" in (out / "logs" / f"{run.name}.txt").read_text()
     assert not (run / "summary.json").exists() and list((run / "checkpoints").glob("step-*"))
 
 

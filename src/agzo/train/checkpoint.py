@@ -49,6 +49,7 @@ __all__ = [
     "CheckpointError",
     "TrainState",
     "best_weights_path",
+    "checkpoint_step",
     "is_checkpoint_dir",
     "latest_checkpoint",
     "list_checkpoints",
@@ -167,6 +168,14 @@ def save_best(
 
 def _step_dir(step: int) -> str:
     return f"step-{step:06d}"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder (`step-000500`) holds."""
+    match = _STEP_DIR.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint folder (step-NNNNNN)")
+    return int(match.group(1))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
