@@ -214,22 +214,21 @@ class Study:
     def _resuming(self, spec: RunSpec | IclSpec) -> str:
         if isinstance(spec, RunSpec) and list_checkpoints(self.out / spec.name):
             return " (resuming from its last checkpoint)"
-        if (
-            isinstance(spec, IclSpec)
-            and journal_path(self.out / f"{spec.name}.json", "test").is_file()
-        ):
+        if isinstance(spec, IclSpec) and journal_path(self.icl_output(spec), "test").is_file():
             return " (continuing from the batches it has scored)"
         return ""
+
+    def icl_output(self, spec: IclSpec) -> Path:
+        """Where an in-context evaluation writes: into the record when there is one, its
+        journal beside it, so that one cut off with the run folder continues from a
+        committed record."""
+        return self.record.icl_path(spec.name) if self.record else self.out / f"{spec.name}.json"
 
     def launch(self, spec: RunSpec | IclSpec) -> subprocess.Popen[bytes]:
         args = self.args
         data = ["--data-dir", args.data_dir] if args.data_dir else []
         if isinstance(spec, IclSpec):
-            # Written into the record when there is one, its journal beside it: an
-            # evaluation cut off with the run folder continues from a committed record.
-            output = (
-                self.record.icl_path(spec.name) if self.record else self.out / f"{spec.name}.json"
-            )
+            output = self.icl_output(spec)
             output.parent.mkdir(parents=True, exist_ok=True)
             command = [
                 sys.executable, "-m", "agzo", "eval", "--model", args.model,

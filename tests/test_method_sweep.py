@@ -234,6 +234,25 @@ def test_the_in_context_baseline_comes_last_unless_named_first(tmp_path: Path) -
     assert "icl-k4-seed0" not in [spec.name for spec in study.wanted({})]
 
 
+def test_an_in_context_evaluation_under_way_is_said_to_continue_from_its_journal(
+    tmp_path: Path,
+) -> None:
+    """Its journal is where the evaluation writes: the record's folder when there is one."""
+    args = argparse.Namespace(widen=3.0, max_widen=1, icl=4, out=tmp_path / "out", first=[])
+    grid = study_search.parse_grid(["agzo=1e-5"], {})
+    record = study_scheduler.Record(tmp_path / "record")
+    spec = study_search.IclSpec(4, 0)
+    for kept in (record, None):
+        study = study_scheduler.Study(args, {}, grid, [0], kept)
+        output = study.icl_output(spec)
+        assert output.parent == (record.runs if kept else args.out)
+        assert study._resuming(spec) == ""
+        journal = study_scheduler.journal_path(output, "test")
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        journal.write_text("{}\n")
+        assert study._resuming(spec) == " (continuing from the batches it has scored)"
+
+
 def test_continue_needs_a_recorded_command(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="command.json not found"):
         method_sweep.main(["--continue", str(tmp_path)])
