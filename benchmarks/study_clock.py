@@ -8,18 +8,20 @@ checkpoints its last step (`--continue` resumes it on the same machine), an in-c
 evaluation keeps the batches it has scored (its journal, in the record when there is one).
 An in-context evaluation may always start, since nothing of it is lost to the deadline.
 
-How long a training run takes is read from the study's finished runs of the same arm (any
-arm when that one has none): the wall time the runner measured for each run it launched
-afresh and saw to its end (`durations.json` beside the report), else the run's own training
-time (`train_seconds`) with EVALUATION_ALLOWANCE added for its evaluations, which that
-figure leaves out. The longest such run is the estimate, so that a run stopped early (a
-diverged one) does not make its arm look quick.
+How long a training run takes is read from the study's finished runs: the wall time the
+runner measured for each run it launched afresh and saw to its end (`durations.json` beside
+the report), else the run's own training time (`train_seconds`) with EVALUATION_ALLOWANCE
+added for its evaluations, which that figure leaves out. The estimate is the longest run of
+the same arm, so that a run stopped early (a diverged one) does not make its arm look
+quick; an arm with no finished run yet takes the study's median run, since its slowest
+(a first-order arm, about twice a zeroth-order one) would keep a new arm from ever starting.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -91,13 +93,9 @@ def expected_seconds(
         trained = result.summary.get("train_seconds")
         return None if trained is None else float(trained) * EVALUATION_ALLOWANCE
 
-    for same_arm in (True, False):
-        known = [
-            value
-            for done, result in results.items()
-            if (done.arm == spec.arm or not same_arm)
-            and (value := seconds(done, result)) is not None
-        ]
-        if known:
-            return max(known)
-    return None
+    known = {done: value for done, result in results.items()
+             if (value := seconds(done, result)) is not None}  # fmt: skip
+    own = [value for done, value in known.items() if done.arm == spec.arm]
+    if own:
+        return max(own)
+    return statistics.median(known.values()) if known else None
