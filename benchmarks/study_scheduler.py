@@ -128,7 +128,7 @@ class Study:
         until the deadline: then what is left, said in a line (None when nothing is)."""
         running: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
         fresh: set[str] = set()  # launched from step 0: their wall time is a whole run's
-        deferred: set[str] = set()  # said once each: wanted, but would not end in time
+        deferred: set[str] = set()  # wanted, but would not end in time: said once
         try:
             while True:
                 results = self.results()
@@ -137,10 +137,11 @@ class Study:
                 pending = [s for s in self.wanted(results) if s.name not in running]
                 while pending and len(running) < self.args.jobs:
                     spec = pending.pop(0)
+                    if spec.name in deferred:
+                        continue  # judged once: the time left only shrinks
                     if (why := self._would_not_end_in_time(spec, results)) is not None:
-                        if spec.name not in deferred:
-                            print(f"  not started, {spec.name}: {why}", flush=True)
-                            deferred.add(spec.name)
+                        print(f"  not started, {spec.name}: {why}", flush=True)
+                        deferred.add(spec.name)
                         continue
                     if isinstance(spec, RunSpec) and not list_checkpoints(self.out / spec.name):
                         fresh.add(spec.name)
