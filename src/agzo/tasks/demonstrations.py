@@ -16,7 +16,7 @@ from agzo.seeding import derive_seed
 from agzo.tasks.base import Example, GenerativeExample
 from agzo.tasks.errors import TaskDataError
 
-__all__ = ["SEPARATOR", "check_demonstrations", "with_demonstrations"]
+__all__ = ["SEPARATOR", "check_demonstrations", "demonstration_draws", "with_demonstrations"]
 
 SEPARATOR = "\n\n"
 # Keeps the demonstration draws apart from other uses of the run's seed.
@@ -67,14 +67,22 @@ def _demonstrated(example: Example, shots: list[Example]) -> Example:
     return Example(prompt, example.candidates, example.label, example.group)
 
 
+def demonstration_draws(n_examples: int, pool_size: int, k: int, seed: int) -> list[list[int]]:
+    """The pool indices of the k demonstrations before each of `n_examples` prompts, in
+    the order they are shown. Example i's draw depends only on (seed, i), so the first
+    examples of a list get the same demonstrations as when the whole list is evaluated."""
+    return [
+        random.Random(derive_seed(seed, index, _DEMONSTRATION_STREAM)).sample(range(pool_size), k)
+        for index in range(n_examples)
+    ]
+
+
 def with_demonstrations(
     examples: Sequence[Example], pool: Sequence[Example], k: int, seed: int
 ) -> list[Example]:
     """`examples` with k demonstrations from `pool` drawn for each (see module doc)."""
     check_demonstrations(k, pool)
-    out = []
-    for index, example in enumerate(examples):
-        rng = random.Random(derive_seed(seed, index, _DEMONSTRATION_STREAM))
-        shots = [pool[i] for i in rng.sample(range(len(pool)), k)]
-        out.append(_demonstrated(example, shots))
-    return out
+    draws = demonstration_draws(len(examples), len(pool), k, seed)
+    return [
+        _demonstrated(example, [pool[i] for i in draw]) for example, draw in zip(examples, draws)
+    ]
