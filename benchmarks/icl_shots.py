@@ -18,6 +18,10 @@ come from:
   (towards one label word) disappears under it, so a large gain says the demonstrations
   shift a prior rather than scramble the ranking. It reads no label.
 
+With --flip-labels every demonstration shows a wrong answer (the next candidate: the
+other label word of a binary task). A model that learns from the demonstrations' labels
+then moves towards the wrong answers; one that reads them as context alone does not.
+
 Each k's scores are journaled in --out (k<K>.jsonl, one row per example: prediction,
 candidate scores, loss), so a cut-off run continues where it stopped and the figures can be
 recomputed from the files; the summary goes to --out/shots.json.
@@ -26,6 +30,7 @@ recomputed from the files; the summary goes to --out/shots.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -47,6 +52,11 @@ def shot_counts(text: str) -> list[int]:
     if any(k < 0 for k in counts):
         raise argparse.ArgumentTypeError(f"demonstration counts must be >= 0, got {text}")
     return counts
+
+
+def flipped(example: Example) -> Example:
+    """The example answered with the candidate after its correct one."""
+    return dataclasses.replace(example, label=(example.label + 1) % len(example.candidates))
 
 
 def summary(
@@ -104,6 +114,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shots", type=shot_counts, default=[0, 1, 2, 4, 8, 16, 32])
     parser.add_argument("--examples", type=int, default=200, help="first N test examples")
+    parser.add_argument("--flip-labels", action="store_true", help="demonstrations answer wrongly")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.examples < 1:
@@ -114,11 +125,13 @@ def main() -> None:
     )
     run = load_run(config, Printer(quiet=False))
     test, pool = list(run.splits.test), list(run.splits.train)
+    if args.flip_labels:
+        pool = [flipped(example) for example in pool]
     n = min(args.examples, len(test))
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "model": args.model, "task": args.task, "seed": args.seed, "test_examples": n,
-        "test_split": len(test), "by_shots": {},
+        "test_split": len(test), "flip_labels": args.flip_labels, "by_shots": {},
     }  # fmt: skip
     for k in args.shots:
         # Drawn for the whole split, then cut: example i's draw depends only on (seed, i).

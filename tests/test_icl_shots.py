@@ -78,3 +78,11 @@ def test_script_scores_each_count_and_continues_from_its_journal(
     assert again["by_shots"]["2"]["continued_from"] == 6
     for k in ("0", "2"):
         assert again["by_shots"][k]["accuracy"] == first["by_shots"][k]["accuracy"]
+
+
+def test_flipped_demonstrations_show_the_next_candidate() -> None:
+    assert icl_shots.flipped(labelled(0)).label == 1
+    assert icl_shots.flipped(labelled(1)).label == 0
+    three = Example("Premise\nAnswer:", (" Yes", " No", " Maybe"), 2)
+    assert icl_shots.flipped(three).label == 0
+    assert icl_shots.flipped(three).prompt == three.prompt
