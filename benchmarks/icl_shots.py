@@ -134,9 +134,9 @@ def main() -> None:
         "test_split": len(test), "flip_labels": args.flip_labels, "by_shots": {},
     }  # fmt: skip
     for k in args.shots:
-        # Drawn for the whole split, then cut: example i's draw depends only on (seed, i).
-        shown = with_demonstrations(test, pool, k, args.seed)[:n] if k else test[:n]
-        draws = demonstration_draws(n, len(pool), k, args.seed) if k else [[] for _ in range(n)]
+        # Example i's draw depends only on (seed, i): the first n get the whole split's.
+        shown = with_demonstrations(test[:n], pool, k, args.seed) if k else test[:n]
+        draws = demonstration_draws(n, len(pool), k, args.seed)
         identity = {"model": args.model, "task": args.task, "seed": args.seed, "shots": k,
                     "examples": examples_digest(shown)}  # fmt: skip
         started = time.perf_counter()
