@@ -95,10 +95,11 @@ def split_figures(
     return figures
 
 
-def study_runs(record: Path, seed: int) -> dict[str, dict[str, float]]:
+def study_runs(record: Path, seed: int, floor: float) -> dict[str, dict[str, Any]]:
     """Each finished run of `seed` in a study's record that trained the candidates loss:
-    its lowest dev loss, its best dev accuracy and its test accuracy (from the weights
-    best-on-dev kept)."""
+    its lowest dev loss, the first step whose dev loss is at or below `floor` (None:
+    never), its best dev accuracy and its test accuracy (from the weights best-on-dev
+    kept)."""
     kept = Record(record)
     runs = {}
     for name in kept.run_names():
@@ -115,6 +116,7 @@ def study_runs(record: Path, seed: int) -> dict[str, dict[str, float]]:
             continue  # restored without its curves
         runs[name] = {
             "lowest_dev_loss": min(float(r["loss"]) for r in dev),
+            "step_at_floor": next((int(r["step"]) for r in dev if float(r["loss"]) <= floor), None),
             "best_dev_accuracy": max(float(r["accuracy"]) for r in dev),
             "test_accuracy": float(summary["final"]["test"]["accuracy"]),
         }
@@ -177,7 +179,7 @@ def main() -> None:
             "test": split_figures(test, test_scores, shift),
         }
         if args.study is not None:
-            row["runs"] = study_runs(args.study, seed)
+            row["runs"] = study_runs(args.study, seed, row["dev"]["shifted"]["loss"])
         report["by_seed"][str(seed)] = row
         (args.out / "floor.json").write_text(json.dumps(report, indent=1) + "\n")
     print(table(report))
@@ -197,16 +199,22 @@ def table(report: dict[str, Any]) -> str:
     runs = [(seed, name, r) for seed, row in report["by_seed"].items()
             for name, r in row.get("runs", {}).items()]  # fmt: skip
     if runs:
-        lines += ["", "| run | lowest dev loss | its floor | below the floor by | best dev "
-                  "accuracy | test accuracy |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| run | lowest dev loss | its floor | below the floor by | first step "
+                  "at the floor | best dev accuracy | test accuracy |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for seed, name, r in runs:
             floor = report["by_seed"][seed]["dev"]["shifted"]["loss"]
             lines.append(
                 f"| {name} | {r['lowest_dev_loss']:.3f} | {floor:.3f} "
-                f"| {floor - r['lowest_dev_loss']:+.3f} | {r['best_dev_accuracy']:.3f} "
+                f"| {floor - r['lowest_dev_loss']:+.3f} | {_step(r['step_at_floor'])} "
+                f"| {r['best_dev_accuracy']:.3f} "
                 f"| {r['test_accuracy']:.3f} |"
             )
     return "\n".join(lines)
+
+
+def _step(step: int | None) -> str:
+    return "never" if step is None else str(step)
 
 
 if __name__ == "__main__":

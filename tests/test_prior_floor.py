@@ -90,14 +90,12 @@ def test_study_runs_reads_each_seeds_candidates_runs(tmp_path: Path) -> None:
     write_run(tmp_path, "agzo-lr1e-05-seed0", "candidates", [(0.8, 0.5), (0.6, 0.7), (0.7, 0.6)])
     write_run(tmp_path, "agzo-lr1e-05-seed1", "candidates", [(0.8, 0.5)])
     write_run(tmp_path, "agzo-lm-lr1e-05-seed0", "lm", [(2.0, 0.5)])
-    runs = prior_floor.study_runs(tmp_path, seed=0)
-    assert runs == {
-        "agzo-lr1e-05-seed0": {
-            "lowest_dev_loss": 0.6,
-            "best_dev_accuracy": 0.7,
-            "test_accuracy": 0.6,
-        }  # fmt: skip
-    }
+    runs = prior_floor.study_runs(tmp_path, seed=0, floor=0.75)
+    expected = {"lowest_dev_loss": 0.6, "step_at_floor": 10, "best_dev_accuracy": 0.7,
+                "test_accuracy": 0.6}  # fmt: skip
+    assert runs == {"agzo-lr1e-05-seed0": expected}
+    never = prior_floor.study_runs(tmp_path, seed=0, floor=0.5)
+    assert never["agzo-lr1e-05-seed0"]["step_at_floor"] is None
 
 
 def test_script_scores_fits_and_continues_from_its_journals(
