@@ -30,7 +30,7 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ def measure(
     batches: Sequence[Sequence[Example]],
     shifts: dict[str, torch.Tensor],
     groups: int,
-    say: Any = print,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Signal and noise of each loss of `shifts`, over all `batches` and per group."""
     size = len(batches) // groups

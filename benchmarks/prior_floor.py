@@ -13,8 +13,8 @@ label word equals its share of the dev labels), and reports:
 - the floor: the dev loss with that shift, below which a model has to rank examples
   better, not just move its prior;
 - the dev and test accuracy with the dev-fitted shift (calibration, for free);
-- with --study, each of that seed's finished runs: its lowest dev loss and best dev
-  accuracy beside the floor. A run whose dev loss falls no lower than the floor has
+- with --study, each of that seed's finished runs on the candidates loss: its lowest dev
+  loss beside the floor, its first evaluation at or below it, its best dev accuracy. A run whose dev loss falls no lower than the floor has
   learned nothing the shift does not give.
 
 Scores are journaled in --out (seed<S>-<split>.jsonl), so a cut-off run continues and the
