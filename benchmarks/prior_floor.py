@@ -14,8 +14,9 @@ label word equals its share of the dev labels), and reports:
   better, not just move its prior;
 - the dev and test accuracy with the dev-fitted shift (calibration, for free);
 - with --study, each of that seed's finished runs on the candidates loss: its lowest dev
-  loss beside the floor, its first evaluation at or below it, its best dev accuracy. A run whose dev loss falls no lower than the floor has
-  learned nothing the shift does not give.
+  loss beside the floor, its first evaluation at or below it, its best dev accuracy. A
+  run whose dev loss falls no lower than the floor has learned nothing the shift does not
+  give.
 
 Scores are journaled in --out (seed<S>-<split>.jsonl), so a cut-off run continues and the
 figures can be recomputed from the files; the summary goes to --out/floor.json.
