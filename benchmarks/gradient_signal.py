@@ -84,21 +84,19 @@ class PairSums:
 
     def add(self, gradient: list[torch.Tensor]) -> None:
         self.squares.append(squared_norm(gradient))
-        if self.total is None:
-            self.total = [g.clone() for g in gradient]
-        else:
-            for kept, g in zip(self.total, gradient):
-                kept.add_(g)
+        self._sum(gradient)
 
     def merge(self, other: PairSums) -> None:
-        if other.total is None:
-            return
+        if other.total is not None:
+            self._sum(other.total)
+            self.squares += other.squares
+
+    def _sum(self, tensors: list[torch.Tensor]) -> None:
         if self.total is None:
-            self.total = [g.clone() for g in other.total]
+            self.total = [t.clone() for t in tensors]
         else:
-            for kept, g in zip(self.total, other.total):
-                kept.add_(g)
-        self.squares += other.squares
+            for kept, t in zip(self.total, tensors):
+                kept.add_(t)
 
     def figures(self) -> dict[str, float]:
         n = len(self.squares)
